@@ -1,0 +1,281 @@
+"""`ovseg bench`: per-stage latency of the segmenter, and of the node end to end over DDS.
+
+Speed does not depend on weight values, so real architectures (e.g. ViT-B-16) run with random
+weights when no weights are given. Every figure is wall time on the machine named in the header;
+compare modes only within one run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ovseg_ros.engine import toy_world
+from ovseg_ros.engine.proposals.base import ProposalGenerator, Proposals
+from ovseg_ros.engine.render import render_overlay
+from ovseg_ros.engine.segmenter import build_segmenter
+from ovseg_ros.engine.vocabulary import EncodedVocabulary, VocabularyEncoder
+
+STAGES = (
+    "decode",
+    "proposals",
+    "crops",
+    "clip_image",
+    "aggregation",
+    "segments",
+    "render",
+    "convert",
+)
+"""Per-frame stages reported, in pipeline order (convert: Segmentation -> ROS messages)."""
+
+VOCABULARY = ["person", "chair", "table", "floor", "wall", "door", "window", "plant"]
+
+
+@dataclass
+class BenchSettings:
+    """What to benchmark. weights: exactly one of pretrained, checkpoint, or neither (random)."""
+
+    model: str = "ViT-B-16"
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    width: int = 640
+    height: int = 480
+    proposals: int = 100
+    proposal_generator: str = "superpixel"
+    classifier: str = "crop"
+    iterations: int = 5
+    warmup: int = 1
+
+
+@dataclass
+class StageTiming:
+    """Milliseconds of one stage over the timed iterations."""
+
+    mean: float
+    p50: float
+    p90: float
+
+
+@dataclass
+class BenchResult:
+    """One benchmark configuration's figures; frames_per_s counts every stage listed."""
+
+    settings: BenchSettings
+    stages: dict[str, StageTiming]
+    frame_ms: StageTiming
+    frames_per_s: float
+    proposals_per_frame: float
+    text_ms_cold: float
+    text_ms_steady: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class PaddedProposals(ProposalGenerator):
+    """Wraps a generator so that every frame has exactly `count` proposals: surplus masks are
+    dropped, missing ones are filled with seeded random boxes (benchmark only: stage-2 cost
+    then depends on the asked-for count, not on how busy the test image is)."""
+
+    def __init__(self, inner: ProposalGenerator, count: int) -> None:
+        self.inner = inner
+        self.count = count
+
+    def __call__(self, image: np.ndarray, vocabulary: EncodedVocabulary | None = None) -> Proposals:
+        proposals = self.inner(image, vocabulary)
+        masks = proposals.masks[: self.count]
+        missing = self.count - masks.shape[0]
+        if missing > 0:
+            height, width = image.shape[:2]
+            rng = np.random.default_rng(missing)
+            extra = torch.zeros((missing, height, width), dtype=masks.dtype)
+            for index in range(missing):
+                h, w = rng.integers(height // 10, height // 2), rng.integers(width // 10, width // 2)
+                y, x = rng.integers(0, height - h), rng.integers(0, width - w)
+                extra[index, y : y + h, x : x + w] = 1
+            masks = torch.cat([masks, extra.to(masks.device)])
+        return Proposals(masks=masks)
+
+
+def machine_description() -> dict[str, object]:
+    """The machine, torch version and thread count, for the report header."""
+    info: dict[str, object] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line]
+        if names:
+            info["cpu"] = names[0]
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def test_frame(width: int, height: int) -> np.ndarray:
+    """A held-out toy-world scene resized to (height, width, 3) uint8 RGB."""
+    scene = toy_world.generate_scene(toy_world.EVAL_SEEDS.start)
+    return cv2.resize(scene.image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _stats(values: list[float]) -> StageTiming:
+    array = np.asarray(values, dtype=np.float64)
+    return StageTiming(
+        mean=float(array.mean()),
+        p50=float(np.percentile(array, 50)),
+        p90=float(np.percentile(array, 90)),
+    )
+
+
+def _message_converter():
+    """Segmentation -> ROS messages, when the ROS message packages are importable."""
+    try:
+        from std_msgs.msg import Header
+
+        from ovseg_ros.ros.conversions import array_to_image, segmentation_to_msg
+    except ImportError:
+        return None
+
+    def convert(segmentation, overlay) -> None:
+        header = Header(frame_id="camera")
+        segmentation_to_msg(segmentation, header)
+        array_to_image(segmentation.labels, "mono16", header)
+        array_to_image(overlay, "rgb8", header)
+
+    return convert
+
+
+def run_benchmark(settings: BenchSettings) -> BenchResult:
+    """Times every stage over settings.iterations frames after settings.warmup frames."""
+    segmenter = build_segmenter(
+        settings.model,
+        pretrained=settings.pretrained,
+        checkpoint=settings.checkpoint,
+        device=settings.device,
+        precision=settings.precision,
+        proposal_generator=settings.proposal_generator,
+        max_proposals=settings.proposals,
+        random_weights=not (settings.pretrained or settings.checkpoint),
+    )
+    segmenter.config.classifier = settings.classifier
+    segmenter.proposals = PaddedProposals(segmenter.proposals, settings.proposals)
+
+    encoder = VocabularyEncoder(segmenter.clip)
+    started = time.perf_counter()
+    vocabulary = encoder.encode(VOCABULARY, "single")
+    text_ms_cold = (time.perf_counter() - started) * 1e3
+    started = time.perf_counter()
+    encoder.encode(VOCABULARY, "single")
+    text_ms_steady = (time.perf_counter() - started) * 1e3
+
+    frame = test_frame(settings.width, settings.height)
+    ok, jpeg = cv2.imencode(".jpg", frame[:, :, ::-1])
+    if not ok:
+        raise RuntimeError("JPEG encoding of the test frame failed")
+    convert = _message_converter()
+    per_stage: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    frame_totals: list[float] = []
+    counts: list[int] = []
+    for iteration in range(settings.warmup + settings.iterations):
+        times: dict[str, float] = {}
+        clock = time.perf_counter()
+        rgb = cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        times["decode"] = (time.perf_counter() - clock) * 1e3
+        segmentation = segmenter.segment(rgb, vocabulary)
+        times.update(segmentation.timings_ms)
+        clock = time.perf_counter()
+        overlay = render_overlay(rgb, segmentation)
+        times["render"] = (time.perf_counter() - clock) * 1e3
+        if convert is not None:
+            clock = time.perf_counter()
+            convert(segmentation, overlay)
+            times["convert"] = (time.perf_counter() - clock) * 1e3
+        if iteration >= settings.warmup:
+            for stage, value in times.items():
+                per_stage.setdefault(stage, []).append(value)
+            frame_totals.append(sum(times.values()))
+            counts.append(settings.proposals)
+    stages = {stage: _stats(values) for stage, values in per_stage.items() if values}
+    frame_ms = _stats(frame_totals)
+    return BenchResult(
+        settings=settings,
+        stages=stages,
+        frame_ms=frame_ms,
+        frames_per_s=1000.0 / frame_ms.mean,
+        proposals_per_frame=float(np.mean(counts)),
+        text_ms_cold=text_ms_cold,
+        text_ms_steady=text_ms_steady,
+    )
+
+
+def format_report(results: list[BenchResult], machine: dict[str, object]) -> str:
+    """Markdown: a header naming the machine, one table of per-stage means, one of p50/p90."""
+    lines = [
+        "# ovseg bench",
+        "",
+        "machine: " + ", ".join(f"{key} {value}" for key, value in machine.items()),
+        "",
+    ]
+    header = ["model", "classifier", "device", "precision", "size", "proposals"]
+    stage_names = [s for s in STAGES if any(s in r.stages for r in results)]
+    lines.append("| " + " | ".join(header + [f"{s} ms" for s in stage_names]) + " | frame ms (p50/p90) | frames/s |")
+    lines.append("|" + "---|" * (len(header) + len(stage_names) + 2))
+    for result in results:
+        s = result.settings
+        cells = [
+            s.model,
+            s.classifier,
+            s.device,
+            s.precision,
+            f"{s.width}x{s.height}",
+            f"{result.proposals_per_frame:.0f}",
+        ]
+        cells += [
+            f"{result.stages[name].mean:.1f}" if name in result.stages else "-"
+            for name in stage_names
+        ]
+        cells.append(
+            f"{result.frame_ms.mean:.0f} ({result.frame_ms.p50:.0f}/{result.frame_ms.p90:.0f})"
+        )
+        cells.append(f"{result.frames_per_s:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for result in results:
+        lines.append(
+            f"text encoding ({len(VOCABULARY)} classes, 1 template), {result.settings.model} "
+            f"{result.settings.classifier}: cold {result.text_ms_cold:.1f} ms, "
+            f"steady state (cached) {result.text_ms_steady:.2f} ms"
+        )
+    if len(results) > 1:
+        base = results[0]
+        for other in results[1:]:
+            lines.append(
+                f"frames/s ratio {other.settings.classifier}/{base.settings.classifier}: "
+                f"{other.frames_per_s / base.frames_per_s:.2f}x"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: list[BenchResult], machine: dict[str, object], out: Path) -> str:
+    """Writes bench.json and bench.md into `out`; returns the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    report = format_report(results, machine)
+    (out / "bench.md").write_text(report)
+    payload = {"machine": machine, "results": [asdict(r) for r in results]}
+    (out / "bench.json").write_text(json.dumps(payload, indent=2))
+    return report

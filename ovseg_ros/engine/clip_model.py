@@ -1,0 +1,266 @@
+"""CLIP loading with open_clip: a model name plus a pretrained tag or a local checkpoint file.
+
+`load_clip` is the one entry point. Real weights (`ViT-B-16` + `openai`), the project's own tiny
+model (`ovseg-tiny-clip` + a local safetensors file) and random weights for benchmarks all go
+through it. Checkpoints load safely: safetensors, or `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+TINY_MODEL = "ovseg-tiny-clip"
+"""The project's own small CLIP, trained on the toy world (tools/train_tiny_clip.py)."""
+
+DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "fp16", "fp32")
+
+
+class WeightsNotFoundError(RuntimeError):
+    """Weights were asked for but cannot be found or downloaded."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint does not fit the architecture it is loaded into."""
+
+
+@dataclass
+class ClipModel:
+    """A loaded open_clip model, in eval mode on its device, with what callers need around it.
+
+    image_size: (height, width) in pixels the image tower takes.
+    mean, std: per-channel RGB normalisation for images in [0, 1].
+    dtype: compute dtype on the device (float16 runs under autocast, weights stay float32).
+    """
+
+    model: open_clip.CLIP
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    name: str
+    source: str
+    device: torch.device
+    dtype: torch.dtype
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of the joint image-text embedding space."""
+        return int(self.model.text_projection.shape[1])
+
+    def autocast(self) -> torch.autocast:
+        """Context for a forward pass in this model's compute dtype."""
+        enabled = self.dtype == torch.float16 and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=enabled)
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, *image_size) float, normalised -> (B, D) float32, unit norm."""
+        with self.autocast():
+            features = self.model.encode_image(images.to(self.device))
+        return F.normalize(features.float(), dim=-1)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """texts: T strings -> (T, D) float32, unit norm."""
+        tokens = self.tokenizer(texts).to(self.device)
+        with self.autocast():
+            features = self.model.encode_text(tokens)
+        return F.normalize(features.float(), dim=-1)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when available, else the CPU."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """'auto' is fp16 on CUDA and fp32 on the CPU; fp16 on the CPU is refused (slow, lossy)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision 'fp16' needs a CUDA device; use 'fp32' or 'auto' on the CPU")
+    return torch.float16 if precision == "fp16" else torch.float32
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Reads a checkpoint file without unpickling code: safetensors, or torch.load(weights_only).
+
+    Accepts a bare state dict or one nested under 'state_dict' / 'model'.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every reader error means "not a usable checkpoint"
+        raise CheckpointMismatchError(f"{path} is not a readable checkpoint: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointMismatchError(f"{path} holds no tensor state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raises CheckpointMismatchError listing missing, unexpected and wrongly shaped tensors."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state))
+        if state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or shapes:
+
+        def listing(title: str, items: list[str]) -> str:
+            more = f" ... and {len(items) - 10} more" if len(items) > 10 else ""
+            return f"\n  {title} ({len(items)}): " + ", ".join(items[:10]) + more if items else ""
+
+        raise CheckpointMismatchError(
+            f"{source} does not match the architecture:"
+            + listing("missing", missing)
+            + listing("unexpected", unexpected)
+            + listing("shape mismatch", shapes)
+        )
+
+
+def default_checkpoint() -> Path:
+    """The committed tiny CLIP weights: models/ of a source checkout, else share/ovseg_ros/models
+    of a ROS install on AMENT_PREFIX_PATH."""
+    name = f"{TINY_MODEL}.safetensors"
+    candidates = [Path(__file__).resolve().parents[2] / "models" / name]
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        candidates.append(Path(prefix) / "share" / "ovseg_ros" / "models" / name)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise WeightsNotFoundError(
+        f"{name} not found in "
+        + ", ".join(str(c.parent) for c in candidates)
+        + "; pass the file explicitly (checkpoint parameter / --checkpoint)"
+    )
+
+
+@contextmanager
+def _without_random_init_warning() -> Iterator[None]:
+    """open_clip warns that a model built without a pretrained tag is random; here the weights
+    come next from a checkpoint (or are meant to be random), so the warning only misleads."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def _cache_dir() -> str:
+    """Where open_clip (through huggingface_hub) caches downloaded weights."""
+    return os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
+    )
+
+
+def load_clip(
+    model_name: str,
+    pretrained: str | None = None,
+    checkpoint: str | Path | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    random_weights: bool = False,
+) -> ClipModel:
+    """Builds an open_clip model and loads its weights.
+
+    Exactly one weight source: `pretrained` (an open_clip tag such as 'openai', downloaded and
+    cached by open_clip), `checkpoint` (a local file), or `random_weights=True` (benchmarks only).
+    """
+    if model_name not in open_clip.list_models():
+        raise ValueError(
+            f"unknown CLIP model {model_name!r}; open_clip knows e.g. "
+            + ", ".join(sorted(open_clip.list_models())[:12])
+            + " ... (open_clip.list_models() lists all)"
+        )
+    sources = [s for s in (pretrained, checkpoint) if s] + (["random"] if random_weights else [])
+    if len(sources) != 1:
+        raise ValueError(
+            "give exactly one weight source: pretrained tag, checkpoint file, or random weights "
+            f"(got pretrained={pretrained!r}, checkpoint={checkpoint!r}, random={random_weights})"
+        )
+    torch_device = resolve_device(device)
+    dtype = resolve_dtype(precision, torch_device)
+
+    if pretrained:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        if pretrained not in tags:
+            raise WeightsNotFoundError(
+                f"open_clip has no pretrained tag {pretrained!r} for {model_name}; "
+                f"known tags: {', '.join(tags) or 'none'}"
+            )
+        try:
+            model = open_clip.create_model(model_name, pretrained=pretrained, device="cpu")
+        except Exception as exc:  # noqa: BLE001 - network and hub errors vary by version
+            raise WeightsNotFoundError(
+                f"could not load CLIP weights {model_name} / {pretrained}: {exc}\n"
+                f"  open_clip caches downloads in {_cache_dir()} (HF_HOME / HF_HUB_CACHE).\n"
+                "  Without a network: on a machine with one run\n"
+                f"    python -c \"import open_clip; open_clip.create_model('{model_name}', "
+                f"pretrained='{pretrained}')\"\n"
+                "  and copy that cache here, or pass a local weights file as `checkpoint` "
+                "(safetensors or a PyTorch state dict)."
+            ) from exc
+        source = f"{model_name}/{pretrained}"
+    else:
+        with _without_random_init_warning():
+            model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+        source = "random weights"
+        if checkpoint:
+            state = read_state_dict(checkpoint)
+            check_state_dict(model, state, str(checkpoint))
+            model.load_state_dict(state, strict=True)
+            source = str(checkpoint)
+
+    model.eval().to(torch_device)
+    size = model.visual.image_size
+    image_size = (size, size) if isinstance(size, int) else tuple(size)
+    return ClipModel(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(model_name),
+        name=model_name,
+        source=source,
+        device=torch_device,
+        dtype=dtype,
+        image_size=image_size,
+        mean=tuple(model.visual.image_mean or open_clip.OPENAI_DATASET_MEAN),
+        std=tuple(model.visual.image_std or open_clip.OPENAI_DATASET_STD),
+    )

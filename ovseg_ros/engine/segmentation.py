@@ -1,0 +1,78 @@
+"""The result of segmenting one image: everything any consumer or publisher needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+UNLABELED = 65535
+"""Label value of pixels no class claims (uint16 maximum, as in SegmentationResult.UNLABELED)."""
+
+
+@dataclass
+class Segment:
+    """A 4-connected region of the label map whose pixels share one class.
+
+    box: (x, y, width, height) in image pixels; mask: (height, width) bool, box-sized;
+    score: mean probability of class_id over the region's pixels, in [0, 1].
+    """
+
+    class_id: int
+    class_name: str
+    score: float
+    box: tuple[int, int, int, int]
+    mask: np.ndarray
+    area: int
+
+
+@dataclass
+class Segmentation:
+    """Segmentation of one image under one vocabulary.
+
+    labels: (H, W) uint16, class index into class_names or UNLABELED.
+    scores: (H, W) float32, probability of the pixel's best class, in [0, 1].
+    segments: connected regions of `labels`, largest first.
+    timings_ms: wall time of each stage in milliseconds, in pipeline order.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    class_names: list[str]
+    vocabulary_version: int
+    segments: list[Segment]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def extract_segments(
+    labels: np.ndarray, scores: np.ndarray, class_names: list[str], min_area: int = 1
+) -> list[Segment]:
+    """Splits a label map into 4-connected single-class regions of at least `min_area` pixels.
+
+    labels: (H, W) uint16; scores: (H, W) float32. Returns segments sorted by area, largest first.
+    """
+    segments: list[Segment] = []
+    for class_id in np.unique(labels):
+        if class_id == UNLABELED:
+            continue
+        count, components, stats, _ = cv2.connectedComponentsWithStats(
+            (labels == class_id).astype(np.uint8), connectivity=4
+        )
+        for index in range(1, count):
+            x, y, w, h, area = (int(v) for v in stats[index])
+            if area < min_area:
+                continue
+            mask = components[y : y + h, x : x + w] == index
+            segments.append(
+                Segment(
+                    class_id=int(class_id),
+                    class_name=class_names[class_id],
+                    score=float(scores[y : y + h, x : x + w][mask].mean()),
+                    box=(x, y, w, h),
+                    mask=mask,
+                    area=area,
+                )
+            )
+    segments.sort(key=lambda s: s.area, reverse=True)
+    return segments

@@ -1,0 +1,135 @@
+"""The `ovseg_frame_publisher` node: a camera stand-in that plays a folder of images or a video.
+
+Publishes sensor_msgs/Image on `image` (or CompressedImage on `image/compressed`) at `rate_hz`,
+stamped with the current time and `frame_id`, optionally looping; by default it starts only once
+a subscriber is connected, so no frame is lost to discovery.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from ovseg_ros.ros.conversions import array_to_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_frames(source: Path) -> Iterator[np.ndarray]:
+    """Frames of a folder of images or a video file, as (H, W, 3) uint8 BGR (OpenCV order)."""
+    if source.is_dir():
+        files = image_files(source)
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {source}")
+        for path in files:
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is None:
+                raise ValueError(f"cannot read image {path}")
+            yield frame
+        return
+    if not source.is_file():
+        raise FileNotFoundError(f"no such folder or video file: {source}")
+    capture = cv2.VideoCapture(str(source))
+    if not capture.isOpened():
+        raise ValueError(f"cannot open video {source}")
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        capture.release()
+
+
+class FramePublisher(Node):
+    """Publishes the frames of `source` at `rate_hz`."""
+
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__("ovseg_frame_publisher", **node_kwargs)
+        self.source = Path(self.declare_parameter("source", "").value)
+        rate_hz = float(self.declare_parameter("rate_hz", 2.0).value)
+        self.loop = bool(self.declare_parameter("loop", True).value)
+        self.frame_id = str(self.declare_parameter("frame_id", "camera").value)
+        self.encoding = str(self.declare_parameter("encoding", "rgb8").value)
+        self.compressed = bool(self.declare_parameter("compressed", False).value)
+        self.wait_for_subscriber = bool(self.declare_parameter("wait_for_subscriber", True).value)
+        if self.encoding not in ("rgb8", "bgr8"):
+            raise ValueError(f"encoding must be rgb8 or bgr8, got {self.encoding!r}")
+        if rate_hz <= 0:
+            raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
+        self._frames = read_frames(self.source)
+        self.published = 0
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        if self.compressed:
+            self.publisher = self.create_publisher(CompressedImage, "image/compressed", qos)
+        else:
+            self.publisher = self.create_publisher(Image, "image", qos)
+        self.timer = self.create_timer(1.0 / rate_hz, self._publish_next)
+
+    def _next_frame(self) -> np.ndarray | None:
+        frame = next(self._frames, None)
+        if frame is None and self.loop and self.published > 0:
+            self._frames = read_frames(self.source)
+            frame = next(self._frames, None)
+        return frame
+
+    def _publish_next(self) -> None:
+        if self.wait_for_subscriber and self.publisher.get_subscription_count() == 0:
+            return
+        frame = self._next_frame()
+        if frame is None:
+            self.get_logger().info(f"published all {self.published} frames of {self.source}")
+            self.timer.cancel()
+            return
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
+        if self.compressed:
+            ok, data = cv2.imencode(".jpg", frame)
+            if not ok:
+                raise RuntimeError("JPEG encoding failed")
+            self.publisher.publish(
+                CompressedImage(header=header, format="jpeg", data=data.tobytes())
+            )
+        elif self.encoding == "rgb8":
+            self.publisher.publish(array_to_image(frame[:, :, ::-1], "rgb8", header))
+        else:
+            self.publisher.publish(array_to_image(frame, "bgr8", header))
+        self.published += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: `ovseg_frame_publisher --ros-args -p source:=FOLDER_OR_VIDEO`."""
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    try:
+        node = FramePublisher()
+    except (OSError, ValueError) as exc:
+        print(f"[ovseg_frame_publisher] cannot start: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

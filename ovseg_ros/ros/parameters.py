@@ -1,0 +1,167 @@
+"""The segmenter node's parameters: names, defaults, descriptors, and the settings they make.
+
+config/segmenter.yaml holds the same defaults; README.md documents the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.node import Node
+
+
+@dataclass
+class SegmenterParameters:
+    """Values of the segmenter node's parameters (units in the names; 0 disables a limit)."""
+
+    vocabulary: list[str]
+    prompt_templates: list[str]
+    model: str
+    pretrained: str
+    checkpoint: str
+    device: str
+    precision: str
+    max_classes: int
+    proposal_generator: str
+    max_proposals: int
+    mask_threshold: float
+    unlabeled_threshold: float
+    min_segment_area: int
+    max_rate_hz: float
+    max_age_s: float
+    overlay_alpha: float
+    input_transport: str
+    input_reliability: str
+    input_depth: int
+
+
+DEFAULTS = SegmenterParameters(
+    vocabulary=["person", "chair", "table", "floor", "wall", "door"],
+    prompt_templates=["vild14"],
+    model="ViT-B-16",
+    pretrained="openai",
+    checkpoint="",
+    device="auto",
+    precision="auto",
+    max_classes=1000,
+    proposal_generator="superpixel",
+    max_proposals=100,
+    mask_threshold=0.5,
+    unlabeled_threshold=0.0,
+    min_segment_area=16,
+    max_rate_hz=0.0,
+    max_age_s=1.0,
+    overlay_alpha=0.5,
+    input_transport="raw",
+    input_reliability="best_effort",
+    input_depth=1,
+)
+
+# Parameters that take effect without a restart; the rest are read-only once the node runs.
+DYNAMIC = {
+    "vocabulary",
+    "prompt_templates",
+    "mask_threshold",
+    "unlabeled_threshold",
+    "min_segment_area",
+    "max_rate_hz",
+    "max_age_s",
+    "overlay_alpha",
+}
+
+
+def _unit_range() -> list[FloatingPointRange]:
+    return [FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0)]
+
+
+DESCRIPTIONS: dict[str, tuple[str, dict]] = {
+    "vocabulary": (
+        "Class names to segment, e.g. ['person', 'chair']. 'sofa|couch' gives one class several "
+        "names. Validated on change; a rejected change leaves the old vocabulary in force.",
+        {},
+    ),
+    "prompt_templates": (
+        "Prompt templates for the text embeddings: set names ('single', 'imagenet80', 'vild14') "
+        "and/or templates containing '{}', e.g. ['a photo of a {}.'].",
+        {},
+    ),
+    "model": ("open_clip model name, e.g. ViT-B-16, or ovseg-tiny-clip.", {}),
+    "pretrained": ("open_clip pretrained tag (e.g. openai); empty when checkpoint is set.", {}),
+    "checkpoint": (
+        "Local CLIP weights file (safetensors or state dict); overrides pretrained.",
+        {},
+    ),
+    "device": ("auto | cuda | cpu.", {}),
+    "precision": ("auto | fp16 | fp32 (fp16 on CUDA only).", {}),
+    "max_classes": (
+        "Largest vocabulary accepted.",
+        {"integer_range": [IntegerRange(from_value=1, to_value=65534, step=1)]},
+    ),
+    "proposal_generator": ("Stage-1 mask proposal generator.", {}),
+    "max_proposals": (
+        "Most mask proposals classified per frame.",
+        {"integer_range": [IntegerRange(from_value=1, to_value=1000, step=1)]},
+    ),
+    "mask_threshold": (
+        "Proposal mask binarisation threshold for the CLIP crops.",
+        {"floating_point_range": _unit_range()},
+    ),
+    "unlabeled_threshold": (
+        "Pixels whose best class score is below this are published as unlabeled (65535).",
+        {"floating_point_range": _unit_range()},
+    ),
+    "min_segment_area": (
+        "Segments smaller than this many pixels are left out of ~/result's segment list.",
+        {"integer_range": [IntegerRange(from_value=1, to_value=1 << 30, step=1)]},
+    ),
+    "max_rate_hz": (
+        "Most frames processed per second; 0 = as fast as possible.",
+        {"floating_point_range": [FloatingPointRange(from_value=0.0, to_value=1000.0, step=0.0)]},
+    ),
+    "max_age_s": (
+        "Frames older than this when processing starts are dropped; 0 = never drop.",
+        {"floating_point_range": [FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)]},
+    ),
+    "overlay_alpha": (
+        "Opacity of the class colors in ~/overlay.",
+        {"floating_point_range": _unit_range()},
+    ),
+    "input_transport": ("raw (image) | compressed (image/compressed).", {}),
+    "input_reliability": ("Input QoS reliability: best_effort | reliable.", {}),
+    "input_depth": (
+        "Input QoS history depth.",
+        {"integer_range": [IntegerRange(from_value=1, to_value=100, step=1)]},
+    ),
+}
+
+CHOICES = {
+    "device": ("auto", "cuda", "cpu"),
+    "precision": ("auto", "fp16", "fp32"),
+    "input_transport": ("raw", "compressed"),
+    "input_reliability": ("best_effort", "reliable"),
+}
+
+
+def declare_parameters(node: Node) -> SegmenterParameters:
+    """Declares every parameter on `node` with its descriptor and returns the values in force.
+
+    Raises ValueError for a value outside its choices (device, precision, transport, QoS).
+    """
+    for field in fields(SegmenterParameters):
+        description, ranges = DESCRIPTIONS[field.name]
+        descriptor = ParameterDescriptor(
+            description=description, read_only=field.name not in DYNAMIC, **ranges
+        )
+        node.declare_parameter(field.name, getattr(DEFAULTS, field.name), descriptor)
+    values = SegmenterParameters(
+        **{f.name: node.get_parameter(f.name).value for f in fields(SegmenterParameters)}
+    )
+    for name, choices in CHOICES.items():
+        if getattr(values, name) not in choices:
+            raise ValueError(
+                f"parameter {name} must be one of {choices}, got {getattr(values, name)!r}"
+            )
+    values.vocabulary = list(values.vocabulary)
+    values.prompt_templates = list(values.prompt_templates)
+    return values

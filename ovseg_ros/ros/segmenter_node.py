@@ -1,0 +1,287 @@
+"""The `ovseg_segmenter` node: camera images in, labels, results and overlays out.
+
+Wiring only: messages are converted here and the engine does the work. Frames are processed on a
+worker thread so the executor never waits on inference; only the newest frame is kept. Vocabulary
+changes are validated in the set-parameters callback and encoded on a second thread, then swapped
+in as one object, so every result carries the class names and version it was computed with.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import rclpy
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from rclpy.time import Time
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from ovseg_ros.engine.prompts import resolve_templates
+from ovseg_ros.engine.render import class_colors, render_overlay
+from ovseg_ros.engine.segmenter import build_segmenter
+from ovseg_ros.engine.vocabulary import EncodedVocabulary, VocabularyEncoder, validate_class_names
+from ovseg_ros.msg import SegmentationResult, Vocabulary
+from ovseg_ros.ros.conversions import (
+    ImageConversionError,
+    array_to_image,
+    compressed_to_rgb,
+    image_to_rgb,
+    segmentation_to_msg,
+    vocabulary_to_msg,
+)
+from ovseg_ros.ros.parameters import SegmenterParameters, declare_parameters
+
+
+@dataclass
+class FrameStats:
+    """Counters since start: frames received, processed, dropped as stale, replaced by a newer
+    frame before processing, skipped because they could not be converted or segmented; overlays
+    rendered (only while ~/overlay has a subscriber)."""
+
+    received: int = 0
+    processed: int = 0
+    dropped_stale: int = 0
+    replaced: int = 0
+    invalid: int = 0
+    overlays: int = 0
+
+
+class SegmenterNode(Node):
+    """Open-vocabulary segmentation of a camera stream (see README.md for topics and parameters)."""
+
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__("ovseg_segmenter", **node_kwargs)
+        self.params: SegmenterParameters = declare_parameters(self)
+        p = self.params
+
+        start = time.monotonic()
+        self.segmenter = build_segmenter(
+            model=p.model,
+            pretrained=p.pretrained or None,
+            checkpoint=p.checkpoint or None,
+            device=p.device,
+            precision=p.precision,
+            proposal_generator=p.proposal_generator,
+            max_proposals=p.max_proposals,
+        )
+        self._apply_segmenter_settings(p)
+        self.encoder = VocabularyEncoder(self.segmenter.clip, max_classes=p.max_classes)
+        self.vocabulary: EncodedVocabulary = self.encoder.encode(
+            validate_class_names(p.vocabulary, p.max_classes), resolve_templates(p.prompt_templates)
+        )
+        self.get_logger().info(
+            f"loaded {self.segmenter.clip.source} on {self.segmenter.clip.device} and "
+            f"{len(self.vocabulary.class_names)} classes in {time.monotonic() - start:.1f} s"
+        )
+
+        self.stats = FrameStats()
+        self._frame_lock = threading.Condition()
+        self._pending: tuple[Image | CompressedImage, float] | None = None
+        self._running = True
+        self._vocabulary_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vocabulary")
+
+        self.labels_pub = self.create_publisher(Image, "~/labels", 1)
+        self.overlay_pub = self.create_publisher(Image, "~/overlay", 1)
+        self.result_pub = self.create_publisher(SegmentationResult, "~/result", 1)
+        latched = QoSProfile(
+            depth=1,
+            history=HistoryPolicy.KEEP_LAST,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+            reliability=ReliabilityPolicy.RELIABLE,
+        )
+        self.vocabulary_pub = self.create_publisher(Vocabulary, "~/vocabulary", latched)
+        self._publish_vocabulary(self.vocabulary)
+
+        input_qos = QoSProfile(
+            depth=p.input_depth,
+            history=HistoryPolicy.KEEP_LAST,
+            durability=qos_profile_sensor_data.durability,
+            reliability=ReliabilityPolicy.RELIABLE
+            if p.input_reliability == "reliable"
+            else ReliabilityPolicy.BEST_EFFORT,
+        )
+        if p.input_transport == "compressed":
+            self.create_subscription(CompressedImage, "image/compressed", self._on_image, input_qos)
+        else:
+            self.create_subscription(Image, "image", self._on_image, input_qos)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._worker = threading.Thread(target=self._process_frames, name="segmenter", daemon=True)
+        self._worker.start()
+
+    # --- input ------------------------------------------------------------------------------
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        """Keeps only the newest frame; the worker thread takes it from there."""
+        with self._frame_lock:
+            self.stats.received += 1
+            if self._pending is not None:
+                self.stats.replaced += 1
+            self._pending = (msg, time.monotonic())
+            self._frame_lock.notify()
+
+    def _next_frame(self) -> Image | CompressedImage | None:
+        with self._frame_lock:
+            while self._running and self._pending is None:
+                self._frame_lock.wait(timeout=0.5)
+            if not self._running:
+                return None
+            msg, _ = self._pending
+            self._pending = None
+            return msg
+
+    def _frame_age_s(self, header: Header) -> float:
+        stamp = Time.from_msg(header.stamp, clock_type=self.get_clock().clock_type)
+        if stamp.nanoseconds == 0:
+            return 0.0
+        return (self.get_clock().now() - stamp).nanoseconds * 1e-9
+
+    # --- processing -------------------------------------------------------------------------
+    def _process_frames(self) -> None:
+        last_start = 0.0
+        while True:
+            msg = self._next_frame()
+            if msg is None:
+                return
+            p = self.params
+            if p.max_age_s > 0 and self._frame_age_s(msg.header) > p.max_age_s:
+                self.stats.dropped_stale += 1
+                self.get_logger().warning(
+                    f"dropped a frame older than max_age_s={p.max_age_s} "
+                    f"({self.stats.dropped_stale} so far)",
+                    throttle_duration_sec=5.0,
+                )
+                continue
+            if p.max_rate_hz > 0:
+                wait = last_start + 1.0 / p.max_rate_hz - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            last_start = time.monotonic()
+            try:
+                self._process(msg)
+            except ImageConversionError as exc:
+                self.stats.invalid += 1
+                self.get_logger().warning(f"skipped a frame: {exc}", throttle_duration_sec=2.0)
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the node
+                self.stats.invalid += 1
+                self.get_logger().error(f"segmentation failed, frame skipped: {exc!r}")
+
+    def _process(self, msg: Image | CompressedImage) -> None:
+        started = time.perf_counter()
+        rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+        decode_ms = (time.perf_counter() - started) * 1e3
+        vocabulary = self.vocabulary
+        segmentation = self.segmenter.segment(rgb, vocabulary)
+        segmentation.timings_ms = {"decode": decode_ms, **segmentation.timings_ms}
+
+        publish_start = time.perf_counter()
+        header = msg.header
+        self.labels_pub.publish(array_to_image(segmentation.labels, "mono16", header))
+        self.result_pub.publish(segmentation_to_msg(segmentation, header))
+        if self.overlay_pub.get_subscription_count() > 0:
+            overlay = render_overlay(rgb, segmentation, alpha=self.params.overlay_alpha)
+            self.overlay_pub.publish(array_to_image(overlay, "rgb8", header))
+            self.stats.overlays += 1
+        self.stats.processed += 1
+        segmentation.timings_ms["publish"] = (time.perf_counter() - publish_start) * 1e3
+        self.get_logger().debug(
+            "frame " + " ".join(f"{k}={v:.1f}ms" for k, v in segmentation.timings_ms.items())
+        )
+
+    # --- parameters and vocabulary ----------------------------------------------------------
+    def _apply_segmenter_settings(self, p: SegmenterParameters) -> None:
+        config = self.segmenter.config
+        config.mask_threshold = p.mask_threshold
+        config.unlabeled_threshold = p.unlabeled_threshold
+        config.min_segment_area = p.min_segment_area
+
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """Validates a change; vocabulary and template changes are encoded on another thread."""
+        changes = {param.name: param.value for param in parameters}
+        names = list(changes.get("vocabulary", self.params.vocabulary))
+        templates = list(changes.get("prompt_templates", self.params.prompt_templates))
+        try:
+            names = validate_class_names(names, self.params.max_classes)
+            resolved_templates = resolve_templates(templates)
+        except ValueError as exc:
+            self.get_logger().warning(f"rejected parameter change: {exc}")
+            return SetParametersResult(successful=False, reason=str(exc))
+
+        for name, value in changes.items():
+            setattr(self.params, name, list(value) if isinstance(value, list) else value)
+        self._apply_segmenter_settings(self.params)
+        if "vocabulary" in changes or "prompt_templates" in changes:
+            self._vocabulary_pool.submit(self._swap_vocabulary, names, resolved_templates)
+        return SetParametersResult(successful=True)
+
+    def _swap_vocabulary(self, names: list[str], templates: list[str]) -> None:
+        started = time.monotonic()
+        try:
+            vocabulary = self.encoder.encode(names, templates)
+        except Exception as exc:  # noqa: BLE001 - the old vocabulary stays in force
+            self.get_logger().error(f"vocabulary change failed, old one kept: {exc!r}")
+            return
+        self.vocabulary = vocabulary
+        self._publish_vocabulary(vocabulary)
+        self.get_logger().info(
+            f"vocabulary v{vocabulary.version} ({len(names)} classes) in force after "
+            f"{(time.monotonic() - started) * 1e3:.0f} ms"
+        )
+
+    def _publish_vocabulary(self, vocabulary: EncodedVocabulary) -> None:
+        header = Header(stamp=self.get_clock().now().to_msg())
+        self.vocabulary_pub.publish(
+            vocabulary_to_msg(
+                vocabulary.version,
+                vocabulary.class_names,
+                class_colors(vocabulary.class_names),
+                list(vocabulary.templates),
+                header,
+            )
+        )
+
+    def destroy_node(self) -> None:
+        with self._frame_lock:
+            self._running = False
+            self._frame_lock.notify_all()
+        self._worker.join(timeout=5.0)
+        self._vocabulary_pool.shutdown(wait=True)
+        super().destroy_node()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: `ovseg_segmenter --ros-args ...`."""
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    try:
+        node = SegmenterNode()
+    except Exception as exc:  # noqa: BLE001 - report start-up errors (weights, parameters) plainly
+        print(f"[ovseg_segmenter] cannot start: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

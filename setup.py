@@ -1,0 +1,33 @@
+"""`pip install .` installs the ROS-free engine and the `ovseg` command.
+
+Inside a ROS 2 workspace the package is built by colcon (CMakeLists.txt), which also generates the
+messages; the ROS nodes need rclpy from a ROS install or the ROS 2 PyPI wheels.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+requirements = [
+    line.strip()
+    for line in (Path(__file__).parent / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setup(
+    name="ovseg_ros",
+    version="0.1.0",
+    description="Open-vocabulary semantic segmentation (Xu et al., ECCV 2022) for ROS 2",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ovseg_ros", "ovseg_ros.*"]),
+    package_data={"ovseg_ros.engine": ["model_configs/*.json"]},
+    install_requires=requirements,
+    entry_points={
+        "console_scripts": [
+            "ovseg=ovseg_ros.cli:main",
+            "ovseg_segmenter=ovseg_ros.ros.segmenter_node:main",
+            "ovseg_frame_publisher=ovseg_ros.ros.frame_publisher:main",
+        ]
+    },
+)
