@@ -98,7 +98,10 @@ class PaddedProposals(ProposalGenerator):
             rng = np.random.default_rng(missing)
             extra = torch.zeros((missing, height, width), dtype=masks.dtype)
             for index in range(missing):
-                h, w = rng.integers(height // 10, height // 2), rng.integers(width // 10, width // 2)
+                h, w = (
+                    rng.integers(height // 10, height // 2),
+                    rng.integers(width // 10, width // 2),
+                )
                 y, x = rng.integers(0, height - h), rng.integers(0, width - w)
                 extra[index, y : y + h, x : x + w] = 1
             masks = torch.cat([masks, extra.to(masks.device)])
@@ -233,7 +236,11 @@ def format_report(results: list[BenchResult], machine: dict[str, object]) -> str
     ]
     header = ["model", "classifier", "device", "precision", "size", "proposals"]
     stage_names = [s for s in STAGES if any(s in r.stages for r in results)]
-    lines.append("| " + " | ".join(header + [f"{s} ms" for s in stage_names]) + " | frame ms (p50/p90) | frames/s |")
+    lines.append(
+        "| "
+        + " | ".join(header + [f"{s} ms" for s in stage_names])
+        + " | frame ms (p50/p90) | frames/s |"
+    )
     lines.append("|" + "---|" * (len(header) + len(stage_names) + 2))
     for result in results:
         s = result.settings

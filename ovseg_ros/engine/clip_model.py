@@ -152,21 +152,25 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
         )
 
 
-def default_checkpoint() -> Path:
-    """The committed tiny CLIP weights: models/ of a source checkout, else share/ovseg_ros/models
-    of a ROS install on AMENT_PREFIX_PATH."""
-    name = f"{TINY_MODEL}.safetensors"
-    candidates = [Path(__file__).resolve().parents[2] / "models" / name]
+def bundled_model_file(filename: str) -> Path:
+    """A model file committed with the project (models/): found in a source checkout, else in
+    share/ovseg_ros/models of a ROS install on AMENT_PREFIX_PATH."""
+    candidates = [Path(__file__).resolve().parents[2] / "models" / filename]
     for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-        candidates.append(Path(prefix) / "share" / "ovseg_ros" / "models" / name)
+        candidates.append(Path(prefix) / "share" / "ovseg_ros" / "models" / filename)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise WeightsNotFoundError(
-        f"{name} not found in "
+        f"{filename} not found in "
         + ", ".join(str(c.parent) for c in candidates)
         + "; pass the file explicitly (checkpoint parameter / --checkpoint)"
     )
+
+
+def default_checkpoint() -> Path:
+    """The committed tiny CLIP weights (see bundled_model_file)."""
+    return bundled_model_file(f"{TINY_MODEL}.safetensors")
 
 
 @contextmanager

@@ -24,7 +24,9 @@ class SegmenterParameters:
     precision: str
     max_classes: int
     proposal_generator: str
+    proposal_checkpoint: str
     max_proposals: int
+    ensemble_weight: float
     mask_threshold: float
     unlabeled_threshold: float
     min_segment_area: int
@@ -46,7 +48,9 @@ DEFAULTS = SegmenterParameters(
     precision="auto",
     max_classes=1000,
     proposal_generator="superpixel",
+    proposal_checkpoint="",
     max_proposals=100,
+    ensemble_weight=0.8,
     mask_threshold=0.5,
     unlabeled_threshold=0.0,
     min_segment_area=16,
@@ -64,6 +68,7 @@ DYNAMIC = {
     "prompt_templates",
     "mask_threshold",
     "unlabeled_threshold",
+    "ensemble_weight",
     "min_segment_area",
     "max_rate_hz",
     "max_age_s",
@@ -98,7 +103,16 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
         "Largest vocabulary accepted.",
         {"integer_range": [IntegerRange(from_value=1, to_value=65534, step=1)]},
     ),
-    "proposal_generator": ("Stage-1 mask proposal generator.", {}),
+    "proposal_generator": ("Stage-1 mask proposal generator: superpixel | maskformer.", {}),
+    "proposal_checkpoint": (
+        "Weights of a learned proposal generator (maskformer); empty = its bundled default.",
+        {},
+    ),
+    "ensemble_weight": (
+        "Lambda of the geometric ensemble of a learned generator's class scores with CLIP's "
+        "(0 = CLIP alone); unused by training-free generators.",
+        {"floating_point_range": _unit_range()},
+    ),
     "max_proposals": (
         "Most mask proposals classified per frame.",
         {"integer_range": [IntegerRange(from_value=1, to_value=1000, step=1)]},

@@ -77,6 +77,7 @@ class SegmenterNode(Node):
             precision=p.precision,
             proposal_generator=p.proposal_generator,
             max_proposals=p.max_proposals,
+            proposal_checkpoint=p.proposal_checkpoint or None,
         )
         self._apply_segmenter_settings(p)
         self.encoder = VocabularyEncoder(self.segmenter.clip, max_classes=p.max_classes)
@@ -207,6 +208,7 @@ class SegmenterNode(Node):
         config.mask_threshold = p.mask_threshold
         config.unlabeled_threshold = p.unlabeled_threshold
         config.min_segment_area = p.min_segment_area
+        config.ensemble_weight = p.ensemble_weight
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Validates a change; vocabulary and template changes are encoded on another thread."""

@@ -1,0 +1,116 @@
+"""Stage 2: classify each proposal mask with CLIP, as the paper's reference code does.
+
+Per mask: binarise at mask_threshold (mask > threshold), drop masks left empty, crop the tight
+box with the pixels outside the mask at the CLIP pixel mean, normalise, bicubic-resize to the
+model input (crops.py); one CLIP image forward per batch of at most batch_size crops;
+logits = 100 * image_embedding @ text_embeddings.T; softmax over the vocabulary's classes.
+When the proposal generator scores its masks too, ensemble_probabilities combines both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ovseg_ros.engine.clip_model import ClipModel
+from ovseg_ros.engine.crops import masked_crops, normalize_image
+
+TEMPERATURE = 100.0
+"""CLIP's logit scale: logits = TEMPERATURE * cosine similarity."""
+
+
+def binarize_masks(masks: torch.Tensor, threshold: float) -> torch.Tensor:
+    """masks: (N, H, W) float in [0, 1] -> (N, H, W) bool, True where mask > threshold."""
+    return masks > threshold
+
+
+def clip_probabilities(
+    image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, temperature: float = TEMPERATURE
+) -> torch.Tensor:
+    """image_embeddings: (K, D) and text_embeddings: (C, D), both unit norm ->
+    (K, C) float32 softmax over classes of temperature * cosine similarity."""
+    logits = temperature * image_embeddings.float() @ text_embeddings.float().T
+    return logits.softmax(dim=-1)
+
+
+def ensemble_probabilities(
+    clip_probs: torch.Tensor,
+    proposal_probs: torch.Tensor,
+    weight: float,
+    trained_classes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Geometric ensemble of CLIP's and the proposal network's class probabilities.
+
+    clip_probs, proposal_probs: (N, C) in [0, 1]; weight: lambda in [0, 1]; trained_classes:
+    (C,) bool, the classes the proposal network was trained on (None: none).
+    Trained classes: p = p_net^lambda * p_clip^(1 - lambda); other classes:
+    p = p_net^(1 - lambda) * p_clip^lambda. Returns (N, C), not renormalised (as the paper).
+    """
+    trained = (
+        torch.zeros(clip_probs.shape[1], dtype=torch.bool, device=clip_probs.device)
+        if trained_classes is None
+        else trained_classes.to(device=clip_probs.device, dtype=torch.bool)
+    )
+    seen = proposal_probs.pow(weight) * clip_probs.pow(1 - weight)
+    novel = proposal_probs.pow(1 - weight) * clip_probs.pow(weight)
+    return torch.where(trained[None, :], seen, novel)
+
+
+@dataclass
+class MaskCrops:
+    """Crops of the proposals that are not empty once binarised.
+
+    crops: (K, 3, h, w) float32 on the CLIP device, (h, w) = the model input size.
+    kept: (K,) int64, index of each crop's proposal.
+    """
+
+    crops: torch.Tensor
+    kept: torch.Tensor
+
+
+class CropClassifier:
+    """CLIP classification of masked crops (see the module docstring)."""
+
+    def __init__(self, clip: ClipModel) -> None:
+        self.clip = clip
+
+    def make_crops(
+        self, image: np.ndarray, masks: torch.Tensor, mask_threshold: float
+    ) -> MaskCrops:
+        """image: (H, W, 3) uint8 RGB; masks: (N, H, W) float in [0, 1] -> MaskCrops."""
+        binary = binarize_masks(masks.to(self.clip.device), mask_threshold)
+        kept = binary.flatten(1).any(dim=1).nonzero().flatten()
+        normalized = normalize_image(image, self.clip.mean, self.clip.std, self.clip.device)
+        crops = masked_crops(normalized, binary[kept], self.clip.image_size)
+        return MaskCrops(crops=crops, kept=kept.cpu())
+
+    def embed(self, crops: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """crops: (K, 3, h, w) -> (K, D) float32 unit-norm image embeddings, computed in
+        forwards of at most batch_size crops."""
+        if crops.shape[0] == 0:
+            return torch.zeros((0, self.clip.embed_dim), device=self.clip.device)
+        return torch.cat(
+            [
+                self.clip.encode_images(crops[start : start + batch_size])
+                for start in range(0, crops.shape[0], max(1, batch_size))
+            ]
+        )
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        masks: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        mask_threshold: float = 0.5,
+        batch_size: int = 32,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities of each non-empty mask.
+
+        image: (H, W, 3) uint8 RGB; masks: (N, H, W) float in [0, 1]; text_embeddings: (C, D).
+        Returns (probabilities: (K, C) float32, kept: (K,) int64 indices into masks).
+        """
+        crops = self.make_crops(image, masks, mask_threshold)
+        embeddings = self.embed(crops.crops, batch_size)
+        return clip_probabilities(embeddings, text_embeddings.to(embeddings.device)), crops.kept

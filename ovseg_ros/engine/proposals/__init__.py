@@ -1,0 +1,28 @@
+"""Stage 1: class-agnostic mask proposals.
+
+`build_proposal_generator(name, **settings)` makes any registered generator; "superpixel"
+(training-free hierarchical grouping of superpixels, grouping.py) is the default; "maskformer"
+(the paper's proposal network, maskformer.py) needs a checkpoint.
+"""
+
+from ovseg_ros.engine.proposals import grouping, maskformer
+from ovseg_ros.engine.proposals.base import (
+    ProposalGenerator,
+    Proposals,
+    build_proposal_generator,
+    proposal_generator_names,
+    register_proposal_generator,
+)
+
+DEFAULT_PROPOSAL_GENERATOR = "superpixel"
+
+__all__ = [
+    "DEFAULT_PROPOSAL_GENERATOR",
+    "ProposalGenerator",
+    "Proposals",
+    "build_proposal_generator",
+    "grouping",
+    "maskformer",
+    "proposal_generator_names",
+    "register_proposal_generator",
+]

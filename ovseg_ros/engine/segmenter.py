@@ -1,0 +1,227 @@
+"""TwoStageSegmenter: image + encoded vocabulary -> Segmentation (the paper's method).
+
+Stage 1 proposes class-agnostic masks (proposals/), stage 2 classifies each with CLIP
+(classify.py), and aggregate_scores spreads the per-mask class probabilities back to pixels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ovseg_ros.engine.classify import CropClassifier, clip_probabilities, ensemble_probabilities
+from ovseg_ros.engine.clip_model import ClipModel, load_clip
+from ovseg_ros.engine.proposals import (
+    DEFAULT_PROPOSAL_GENERATOR,
+    ProposalGenerator,
+    build_proposal_generator,
+)
+from ovseg_ros.engine.segmentation import UNLABELED, Segmentation, extract_segments
+from ovseg_ros.engine.vocabulary import EncodedVocabulary
+
+AGGREGATION_CHUNK = 1 << 24
+"""Most class-score values (classes x pixels) held at once while aggregating."""
+
+
+@dataclass
+class SegmenterConfig:
+    """Settings of stage 2 and the aggregation; may be changed between segment() calls.
+
+    mask_threshold: proposal masks are binarised at mask > threshold for the crops, in [0, 1).
+    unlabeled_threshold: pixels whose best normalised class score is below it are UNLABELED,
+        in [0, 1]; 0 labels every pixel some proposal covers.
+    batch_size: most crops per CLIP image forward (bounds memory).
+    min_segment_area: smallest segment, in pixels, listed in Segmentation.segments.
+    ensemble_weight: lambda of the geometric ensemble with proposal class scores (used only
+        when the proposal generator scores its masks; 0 uses CLIP alone, as the reference).
+    """
+
+    mask_threshold: float = 0.5
+    unlabeled_threshold: float = 0.0
+    batch_size: int = 32
+    min_segment_area: int = 16
+    ensemble_weight: float = 0.8
+
+
+def check_image(image: object) -> np.ndarray:
+    """Returns `image` if it is an (H, W, 3) uint8 array with H, W >= 1, else raises ValueError
+    saying what is wrong and how to convert. Float images are refused (their range, [0, 1] or
+    [0, 255], is ambiguous); 1-pixel images are accepted."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"expected an (H, W, 3) RGB image, got shape {image.shape}; convert grayscale "
+            "(H, W) or RGBA (H, W, 4) images to RGB first (e.g. cv2.cvtColor)"
+        )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"the image is empty (shape {image.shape})")
+    if image.dtype != np.uint8:
+        nan = np.issubdtype(image.dtype, np.floating) and bool(np.isnan(image).any())
+        raise ValueError(
+            f"expected a uint8 RGB image, got dtype {image.dtype}"
+            + (" containing NaN" if nan else "")
+            + "; convert it, e.g. np.clip(image * 255, 0, 255).astype(np.uint8) for floats in "
+            "[0, 1]" + (" after replacing NaN (np.nan_to_num)" if nan else "")
+        )
+    return image
+
+
+def aggregate_scores(
+    probabilities: torch.Tensor,
+    masks: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    unlabeled_threshold: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel labels from per-mask class probabilities.
+
+    probabilities: (N, C) in [0, 1]; masks: (N, H, W) in [0, 1]; weights: (N,) > 0 or None (1).
+    semseg[c, h, w] = sum_q w_q p[q, c] mask_q[h, w] (the paper's einsum, with weights);
+    label = argmax_c semseg. Overlapping masks are normalised by the pixel's coverage
+    sum_q w_q mask_q[h, w]: score = semseg[label] / coverage, the weighted mean of the covering
+    masks' probabilities of that class, in [0, 1] (the argmax is unchanged by it).
+    Returns labels: (H, W) int64, UNLABELED where no mask covers the pixel or the score is below
+    unlabeled_threshold; scores: (H, W) float32, 0 where uncovered.
+    """
+    height, width = masks.shape[1:]
+    masks = masks.float()
+    weights = (
+        torch.ones(masks.shape[0], device=masks.device)
+        if weights is None
+        else weights.to(masks.device).float()
+    )
+    weighted = probabilities.to(masks.device).float() * weights[:, None]
+    coverage = torch.einsum("q,qhw->hw", weights, masks)
+    best = torch.zeros((height, width), device=masks.device)
+    labels = torch.zeros((height, width), dtype=torch.int64, device=masks.device)
+    rows = max(1, AGGREGATION_CHUNK // max(1, weighted.shape[1] * width))
+    for top in range(0, height, rows):
+        semseg = torch.einsum("qc,qhw->chw", weighted, masks[:, top : top + rows])
+        best[top : top + rows], labels[top : top + rows] = semseg.max(dim=0)
+    covered = coverage > 0
+    scores = torch.where(covered, best / coverage.clamp(min=1e-12), torch.zeros_like(best))
+    labels[~covered | (scores < unlabeled_threshold)] = UNLABELED
+    return labels.cpu().numpy(), scores.cpu().numpy().astype(np.float32)
+
+
+class TwoStageSegmenter:
+    """Open-vocabulary semantic segmentation: proposals, CLIP crop classification, aggregation.
+
+    clip: the loaded CLIP model; proposals: the stage-1 generator; config: SegmenterConfig.
+    The vocabulary is passed with each image (encode it with a VocabularyEncoder on the same
+    clip), so every result is consistent with the names it carries.
+    """
+
+    def __init__(
+        self,
+        clip: ClipModel,
+        proposals: ProposalGenerator,
+        config: SegmenterConfig | None = None,
+    ) -> None:
+        self.clip = clip
+        self.proposals = proposals
+        self.config = config or SegmenterConfig()
+        self.classifier = CropClassifier(clip)
+
+    def segment(self, image: np.ndarray, vocabulary: EncodedVocabulary) -> Segmentation:
+        """image: (H, W, 3) uint8 RGB (see check_image) -> Segmentation under `vocabulary`.
+
+        timings_ms holds the wall time of: proposals, crops, clip_image, aggregation, segments.
+        """
+        check_image(image)
+        if vocabulary.text_embeddings.shape[1] != self.clip.embed_dim:
+            raise ValueError(
+                f"the vocabulary's text embeddings have {vocabulary.text_embeddings.shape[1]} "
+                f"dimensions but {self.clip.name} embeds into {self.clip.embed_dim}; encode it "
+                "with this segmenter's CLIP model"
+            )
+        config = self.config
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            if self.clip.device.type == "cuda":
+                torch.cuda.synchronize(self.clip.device)
+            now = time.perf_counter()
+            timings[stage] = 1000.0 * (now - clock)
+            clock = now
+
+        proposals = self.proposals(image, vocabulary)
+        lap("proposals")
+        masks = proposals.masks.to(self.clip.device)
+        crops = self.classifier.make_crops(image, masks, config.mask_threshold)
+        lap("crops")
+        embeddings = self.classifier.embed(crops.crops, config.batch_size)
+        lap("clip_image")
+
+        clip_probs = clip_probabilities(
+            embeddings, vocabulary.text_embeddings.to(embeddings.device)
+        )
+        weights = proposals.weights
+        if proposals.class_scores is not None and config.ensemble_weight > 0:
+            # As the reference: masks left empty by the threshold keep p_clip = 1.
+            full = torch.ones((len(proposals), vocabulary.num_classes), device=masks.device)
+            full[crops.kept.to(masks.device)] = clip_probs.to(masks.device)
+            probabilities = ensemble_probabilities(
+                full,
+                proposals.class_scores.to(masks.device),
+                config.ensemble_weight,
+                proposals.trained_classes,
+            )
+        else:
+            probabilities = clip_probs
+            masks = masks[crops.kept.to(masks.device)]
+            weights = None if weights is None else weights[crops.kept]
+        labels, scores = aggregate_scores(probabilities, masks, weights, config.unlabeled_threshold)
+        lap("aggregation")
+        labels = labels.astype(np.uint16)
+        segments = extract_segments(labels, scores, vocabulary.class_names, config.min_segment_area)
+        lap("segments")
+        return Segmentation(
+            labels=labels,
+            scores=scores,
+            class_names=list(vocabulary.class_names),
+            vocabulary_version=vocabulary.version,
+            segments=segments,
+            timings_ms=timings,
+        )
+
+
+def build_segmenter(
+    model: str,
+    pretrained: str | None = None,
+    checkpoint: str | Path | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    proposal_generator: str = DEFAULT_PROPOSAL_GENERATOR,
+    max_proposals: int = 100,
+    config: SegmenterConfig | None = None,
+    random_weights: bool = False,
+    proposal_checkpoint: str | Path | None = None,
+) -> TwoStageSegmenter:
+    """Loads CLIP (clip_model.load_clip: exactly one of pretrained, checkpoint, random_weights)
+    and builds the named proposal generator capped at max_proposals masks per image.
+
+    proposal_checkpoint: weights of a learned generator ("maskformer"; None = its bundled
+    default), which also gets the CLIP model and device; refused for training-free ones.
+    """
+    clip = load_clip(
+        model,
+        pretrained=pretrained,
+        checkpoint=checkpoint,
+        device=device,
+        precision=precision,
+        random_weights=random_weights,
+    )
+    settings: dict[str, object] = {"max_proposals": max_proposals}
+    if proposal_generator == "maskformer":
+        settings.update(checkpoint=proposal_checkpoint, clip=clip, device=str(clip.device))
+    elif proposal_checkpoint:
+        raise ValueError(f"proposal generator {proposal_generator!r} takes no checkpoint")
+    proposals = build_proposal_generator(proposal_generator, **settings)
+    return TwoStageSegmenter(clip, proposals, config)

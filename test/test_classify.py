@@ -1,0 +1,136 @@
+"""Stage-2 arithmetic against values worked out by hand: crop box, fill, normalisation, resize,
+temperature softmax, ensemble, batching."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from tiny_model import TINY_MODEL
+
+from ovseg_ros.engine.classify import (
+    CropClassifier,
+    binarize_masks,
+    clip_probabilities,
+    ensemble_probabilities,
+)
+from ovseg_ros.engine.clip_model import load_clip
+
+MEAN = (0.5, 0.25, 0.125)
+STD = (0.5, 0.25, 0.5)
+
+
+def _fake_clip(image_size: tuple[int, int]) -> SimpleNamespace:
+    """Just the attributes make_crops reads."""
+    return SimpleNamespace(device=torch.device("cpu"), mean=MEAN, std=STD, image_size=image_size)
+
+
+def test_softmax_with_temperature_100_on_two_classes():
+    # cos(image, class 0) = 1, cos(image, class 1) = 0.99: logits 100 and 99, so
+    # p0 = e^100 / (e^100 + e^99) = 1 / (1 + e^-1).
+    image = torch.tensor([[1.0, 0.0]])
+    text = torch.tensor([[1.0, 0.0], [0.99, math.sqrt(1 - 0.99**2)]])
+    probs = clip_probabilities(image, text)
+    expected = 1 / (1 + math.exp(-1))
+    assert probs[0, 0].item() == pytest.approx(expected, abs=1e-6)
+    assert probs[0, 1].item() == pytest.approx(1 - expected, abs=1e-6)
+
+
+def test_equal_similarities_give_uniform_probabilities():
+    image = torch.tensor([[0.6, 0.8]])
+    text = torch.tensor([[0.6, 0.8], [0.6, 0.8], [0.6, 0.8], [0.6, 0.8]])
+    assert clip_probabilities(image, text).tolist() == [[0.25, 0.25, 0.25, 0.25]]
+
+
+def test_binarize_is_strictly_greater_than_the_threshold():
+    masks = torch.tensor([[[0.5, 0.51], [0.0, 1.0]]])
+    assert binarize_masks(masks, 0.5).tolist() == [[[False, True], [False, True]]]
+
+
+def test_crop_is_tight_box_mean_filled_and_normalised():
+    # 4 x 5 image, channel values chosen so (v / 255 - mean) / std is easy to state.
+    image = np.zeros((4, 5, 3), dtype=np.uint8)
+    image[..., 0] = 255  # R: (1 - 0.5) / 0.5 = 1
+    image[..., 1] = 0  # G: (0 - 0.25) / 0.25 = -1
+    image[..., 2] = 51  # B: (0.2 - 0.125) / 0.5 = 0.15
+    # An L-shaped mask: rows 1..2, columns 1..3, the top right pixel of that box left out.
+    mask = torch.zeros((4, 5))
+    mask[1, 1:3] = 0.9
+    mask[2, 1:4] = 0.9
+    masks = torch.stack([mask, torch.zeros((4, 5))])  # the second one is empty
+    # Model input = box size (2 x 3): bicubic resizing to the same size is the identity.
+    classifier = CropClassifier(_fake_clip((2, 3)))
+    result = classifier.make_crops(image, masks, mask_threshold=0.5)
+    assert result.kept.tolist() == [0]
+    inside = [[True, True, False], [True, True, True]]
+    expected = np.zeros((1, 3, 2, 3), dtype=np.float32)
+    for channel, value in enumerate((1.0, -1.0, 0.15)):
+        expected[0, channel] = np.where(inside, value, 0.0)  # outside: the mean, i.e. 0
+    np.testing.assert_allclose(result.crops.numpy(), expected, atol=1e-6)
+
+
+def test_constant_crop_stays_constant_after_bicubic_resize():
+    image = np.full((6, 8, 3), 102, dtype=np.uint8)  # 0.4 in [0, 1]
+    masks = torch.zeros((1, 6, 8))
+    masks[0, 1:5, 2:7] = 1.0
+    crops = CropClassifier(_fake_clip((16, 16))).make_crops(image, masks, 0.5).crops
+    assert crops.shape == (1, 3, 16, 16)
+    for channel in range(3):
+        value = (0.4 - MEAN[channel]) / STD[channel]
+        np.testing.assert_allclose(crops[0, channel].numpy(), value, atol=1e-5)
+
+
+def test_all_empty_masks_give_no_crops():
+    image = np.zeros((3, 3, 3), dtype=np.uint8)
+    result = CropClassifier(_fake_clip((4, 4))).make_crops(image, torch.zeros((2, 3, 3)), 0.5)
+    assert result.crops.shape == (0, 3, 4, 4)
+    assert result.kept.tolist() == []
+
+
+def test_embed_runs_bounded_batches():
+    sizes = []
+
+    def encode_images(batch: torch.Tensor) -> torch.Tensor:
+        sizes.append(batch.shape[0])
+        return torch.nn.functional.normalize(batch.flatten(1)[:, :4], dim=-1)
+
+    clip = SimpleNamespace(device=torch.device("cpu"), embed_dim=4, encode_images=encode_images)
+    crops = torch.arange(5 * 3 * 2 * 2, dtype=torch.float32).reshape(5, 3, 2, 2) + 1
+    embeddings = CropClassifier(clip).embed(crops, batch_size=2)
+    assert sizes == [2, 2, 1]
+    expected = torch.nn.functional.normalize(crops.flatten(1)[:, :4], dim=-1)
+    torch.testing.assert_close(embeddings, expected)
+
+
+def test_ensemble_formula_for_trained_and_novel_classes():
+    clip = torch.tensor([[0.25, 0.75]])
+    net = torch.tensor([[0.64, 0.36]])
+    trained = torch.tensor([True, False])
+    # lambda = 0.5: trained sqrt(0.64 * 0.25) = 0.4; novel sqrt(0.36 * 0.75) = 0.6 * sqrt(0.75).
+    out = ensemble_probabilities(clip, net, 0.5, trained)
+    assert out[0, 0].item() == pytest.approx(0.4, abs=1e-6)
+    assert out[0, 1].item() == pytest.approx(0.6 * math.sqrt(0.75), abs=1e-6)
+    # lambda = 1: the network decides trained classes, CLIP the others.
+    out = ensemble_probabilities(clip, net, 1.0, trained)
+    assert out[0].tolist() == pytest.approx([0.64, 0.75])
+    # lambda = 0.75, no trained classes: p_net^0.25 * p_clip^0.75 for both.
+    out = ensemble_probabilities(clip, net, 0.75, None)
+    expected = [0.64**0.25 * 0.25**0.75, 0.36**0.25 * 0.75**0.75]
+    assert out[0].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_classifier_call_gives_a_distribution_per_non_empty_mask():
+    torch.manual_seed(0)
+    clip = load_clip(TINY_MODEL, random_weights=True, device="cpu")
+    image = np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    masks = torch.zeros((3, 16, 20))
+    masks[0, :8] = 1.0
+    masks[2, 4:, 5:] = 0.7
+    text = torch.nn.functional.normalize(torch.randn(4, clip.embed_dim), dim=-1)
+    probabilities, kept = CropClassifier(clip)(image, masks, text, mask_threshold=0.5)
+    assert kept.tolist() == [0, 2]
+    assert probabilities.shape == (2, 4)
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(2))

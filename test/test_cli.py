@@ -1,0 +1,114 @@
+"""The `ovseg` command: segment files, evaluate a dataset, report errors clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+from tiny_model import TINY_CHECKPOINT
+
+from ovseg_ros.cli import main
+from ovseg_ros.engine import toy_world
+from ovseg_ros.engine.segmentation import UNLABELED
+
+MODEL = ["--checkpoint", str(TINY_CHECKPOINT), "--device", "cpu"]
+
+
+@pytest.fixture
+def scene_file(tmp_path):
+    scene = toy_world.generate_scene(toy_world.EVAL_SEEDS.start + 3)
+    path = tmp_path / "scene.png"
+    cv2.imwrite(str(path), scene.image[..., ::-1])
+    return path
+
+
+def test_segment_writes_overlay_labels_and_segments(tmp_path, scene_file, capsys):
+    out = tmp_path / "out"
+    vocab = ",".join(toy_world.shape_classes())
+    assert main(["segment", str(scene_file), "--vocab", vocab, "--out", str(out), *MODEL]) == 0
+    overlay = cv2.imread(str(out / "scene_overlay.png"), cv2.IMREAD_UNCHANGED)
+    labels = cv2.imread(str(out / "scene_labels.png"), cv2.IMREAD_UNCHANGED)
+    assert overlay.shape == (240, 320, 3) and overlay.dtype == np.uint8
+    assert labels.shape == (240, 320) and labels.dtype == np.uint16
+    assert set(np.unique(labels)) <= set(range(7)) | {UNLABELED}
+    summary = json.loads((out / "scene_segments.json").read_text())
+    assert summary["class_names"] == toy_world.shape_classes()
+    assert sum(s["area"] for s in summary["segments"]) <= 240 * 320
+    assert list(summary["timings_ms"]) == [
+        "proposals",
+        "crops",
+        "clip_image",
+        "aggregation",
+        "segments",
+    ]
+    assert "scene.png: " in capsys.readouterr().out
+
+
+def test_segment_reports_unreadable_images_and_goes_on(tmp_path, scene_file, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    args = ["segment", str(broken), str(scene_file), "--vocab", "circle,background", "--out"]
+    assert main([*args, str(out), *MODEL]) == 1
+    assert "cannot read image" in capsys.readouterr().err
+    assert (out / "scene_overlay.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--vocab", ","], "class 0 ('') has an empty name"),
+        (["--vocab", "a,A"], "duplicate class name"),
+        (["--vocab", "a", "--templates", "vild"], "neither a template set"),
+        (["--vocab", "a", "--checkpoint", "/no/such.safetensors"], "checkpoint file not found"),
+        (["--vocab", "a", "--model", "no-such-model"], "unknown CLIP model 'no-such-model'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_the_reason(tmp_path, scene_file, capsys, extra, message):
+    args = ["segment", str(scene_file), "--out", str(tmp_path), "--device", "cpu", *extra]
+    if "--checkpoint" not in extra and "--model" not in extra:
+        args += ["--checkpoint", str(TINY_CHECKPOINT)]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_writes_json_and_markdown(tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "toy:color", "--limit", "2", "--out", str(out), *MODEL]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["num_images"] == 2
+    assert 0.0 <= report["metrics"]["miou"] <= 1.0
+    assert set(report["metrics"]["iou"]) == set(toy_world.color_classes())
+    assert report["settings"]["templates"] == "single"
+    markdown = (out / "metrics.md").read_text()
+    assert "| mIoU |" in markdown and "| hIoU |" in markdown and "| orange (unseen) |" in markdown
+    assert "eval toy:color [" in capsys.readouterr().err  # the progress bar
+
+
+def test_eval_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nothing"), *MODEL]) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_offline_pretrained_tag_says_what_is_missing(tmp_path):
+    """open_clip tags download; offline, the command says where weights are cached and how to
+    provide them (a subprocess, so HF_HUB_OFFLINE applies from the start)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    run = subprocess.run(
+        [sys.executable, "-m", "ovseg_ros.cli", "segment", "x.png", "--vocab", "a"]
+        + ["--model", "RN50", "--pretrained", "openai", "--device", "cpu"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "could not load CLIP weights RN50 / openai" in run.stderr
+    assert str(tmp_path / "hf") in run.stderr
