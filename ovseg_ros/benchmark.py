@@ -226,7 +226,11 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
     )
 
 
-def format_report(results: list[BenchResult], machine: dict[str, object]) -> str:
+def format_report(
+    results: list[BenchResult],
+    machine: dict[str, object],
+    node_latency: StageTiming | None = None,
+) -> str:
     """Markdown: a header naming the machine, one table of per-stage means, one of p50/p90."""
     lines = [
         "# ovseg bench",
@@ -268,6 +272,13 @@ def format_report(results: list[BenchResult], machine: dict[str, object]) -> str
             f"{result.settings.classifier}: cold {result.text_ms_cold:.1f} ms, "
             f"steady state (cached) {result.text_ms_steady:.2f} ms"
         )
+    if node_latency is not None:
+        s = results[0].settings
+        lines.append(
+            f"node over DDS, {s.model} {s.classifier} {s.width}x{s.height} (superpixel proposals "
+            f"capped at {s.proposals}): publish -> result mean {node_latency.mean:.0f} ms, "
+            f"p50 {node_latency.p50:.0f} ms, p90 {node_latency.p90:.0f} ms"
+        )
     if len(results) > 1:
         base = results[0]
         for other in results[1:]:
@@ -278,11 +289,104 @@ def format_report(results: list[BenchResult], machine: dict[str, object]) -> str
     return "\n".join(lines) + "\n"
 
 
-def write_report(results: list[BenchResult], machine: dict[str, object], out: Path) -> str:
+def write_report(
+    results: list[BenchResult],
+    machine: dict[str, object],
+    out: Path,
+    node_latency: StageTiming | None = None,
+) -> str:
     """Writes bench.json and bench.md into `out`; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
-    report = format_report(results, machine)
+    report = format_report(results, machine, node_latency)
     (out / "bench.md").write_text(report)
-    payload = {"machine": machine, "results": [asdict(r) for r in results]}
+    payload = {
+        "machine": machine,
+        "results": [asdict(r) for r in results],
+        "node_latency_ms": None if node_latency is None else asdict(node_latency),
+    }
     (out / "bench.json").write_text(json.dumps(payload, indent=2))
     return report
+
+
+def run_node_benchmark(settings: BenchSettings) -> StageTiming:
+    """Publish -> result latency of the segmenter node over DDS, one frame in flight at a time.
+
+    Without weights, random ones are written to a temporary safetensors file and loaded as the
+    node's checkpoint (the node itself never builds a random model).
+    """
+    import tempfile
+
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from safetensors.torch import save_file
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from ovseg_ros.engine.clip_model import load_clip
+    from ovseg_ros.msg import SegmentationResult
+    from ovseg_ros.ros.conversions import array_to_image
+    from ovseg_ros.ros.segmenter_node import SegmenterNode
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = settings.checkpoint or ""
+        if not (settings.pretrained or checkpoint):
+            torch.manual_seed(0)
+            model = load_clip(settings.model, random_weights=True, device="cpu").model
+            checkpoint = str(Path(folder) / "random.safetensors")
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, checkpoint)
+        context = rclpy.Context()
+        rclpy.init(context=context)
+        overrides = {
+            "model": settings.model,
+            "pretrained": settings.pretrained or "",
+            "checkpoint": checkpoint,
+            "device": settings.device,
+            "precision": settings.precision,
+            "max_proposals": settings.proposals,
+            "classifier": settings.classifier,
+            "vocabulary": VOCABULARY,
+            "prompt_templates": ["single"],
+            "input_reliability": "reliable",
+            "max_age_s": 0.0,
+        }
+        segmenter = SegmenterNode(
+            context=context,
+            parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
+        )
+        client = Node("ovseg_bench_client", context=context)
+        reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        received: dict[tuple[int, int], float] = {}
+
+        def on_result(msg: SegmentationResult) -> None:
+            received[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.perf_counter()
+
+        client.create_subscription(
+            SegmentationResult, "/ovseg_segmenter/result", on_result, reliable
+        )
+        publisher = client.create_publisher(Image, "/image", reliable)
+        executor = MultiThreadedExecutor(num_threads=2, context=context)
+        executor.add_node(segmenter)
+        executor.add_node(client)
+        frame = test_frame(settings.width, settings.height)
+        latencies: list[float] = []
+        try:
+            while publisher.get_subscription_count() == 0:
+                executor.spin_once(timeout_sec=0.1)
+            for iteration in range(settings.warmup + settings.iterations):
+                header = Header(stamp=client.get_clock().now().to_msg(), frame_id="camera")
+                key = (header.stamp.sec, header.stamp.nanosec)
+                sent = time.perf_counter()
+                publisher.publish(array_to_image(frame, "rgb8", header))
+                while key not in received:
+                    executor.spin_once(timeout_sec=0.05)
+                if iteration >= settings.warmup:
+                    latencies.append((received[key] - sent) * 1e3)
+        finally:
+            executor.shutdown()
+            segmenter.destroy_node()
+            client.destroy_node()
+            context.try_shutdown()
+    return _stats(latencies)

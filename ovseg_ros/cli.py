@@ -81,6 +81,15 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="stage-1 proposal generator (%(default)s)",
     )
     group.add_argument("--max-proposals", type=int, default=100, help="(%(default)s)")
+    group.add_argument(
+        "--proposal-checkpoint", help="weights of the maskformer generator (default: bundled)"
+    )
+    group.add_argument(
+        "--classifier",
+        default="crop",
+        choices=("crop", "dense"),
+        help="crop: one CLIP forward per mask (the paper); dense: one per frame (%(default)s)",
+    )
     group.add_argument("--mask-threshold", type=float, default=0.5, help="(%(default)s)")
     group.add_argument(
         "--unlabeled-threshold",
@@ -99,7 +108,9 @@ def _build(args: argparse.Namespace) -> TwoStageSegmenter:
         elif "openai" in open_clip.list_pretrained_tags_by_model(args.model):
             pretrained = "openai"
     config = SegmenterConfig(
-        mask_threshold=args.mask_threshold, unlabeled_threshold=args.unlabeled_threshold
+        mask_threshold=args.mask_threshold,
+        unlabeled_threshold=args.unlabeled_threshold,
+        classifier=args.classifier,
     )
     return build_segmenter(
         args.model,
@@ -110,6 +121,7 @@ def _build(args: argparse.Namespace) -> TwoStageSegmenter:
         proposal_generator=args.proposals,
         max_proposals=args.max_proposals,
         config=config,
+        proposal_checkpoint=args.proposal_checkpoint,
     )
 
 
@@ -218,6 +230,38 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_bench(args: argparse.Namespace) -> int:
+    """`ovseg bench`: prints the table and writes bench.json / bench.md."""
+    from ovseg_ros import benchmark
+
+    width, _, height = args.size.partition("x")
+    results = []
+    for precision in args.precision:
+        for classifier in args.classifier:
+            settings = benchmark.BenchSettings(
+                model=args.model,
+                pretrained=args.pretrained,
+                checkpoint=args.checkpoint,
+                device=args.device,
+                precision=precision,
+                width=int(width),
+                height=int(height),
+                proposals=args.proposals,
+                proposal_generator=args.proposal_generator,
+                classifier=classifier,
+                iterations=args.iterations,
+                warmup=args.warmup,
+            )
+            print(f"benchmarking {classifier} / {precision} ...", file=sys.stderr, flush=True)
+            results.append(benchmark.run_benchmark(settings))
+    node_latency = benchmark.run_node_benchmark(results[0].settings) if args.node else None
+    report = benchmark.write_report(
+        results, benchmark.machine_description(), Path(args.out), node_latency
+    )
+    print(report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ovseg", description="Open-vocabulary semantic segmentation (Xu et al., ECCV 2022)."
@@ -244,6 +288,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--out", default="ovseg-eval", help="output folder (%(default)s)")
     _add_model_arguments(evaluation)
     evaluation.set_defaults(run=run_eval)
+
+    bench = commands.add_parser(
+        "bench", help="per-stage latency and frames/s (random weights unless given)"
+    )
+    bench.add_argument("--model", default="ViT-B-16", help="open_clip model (%(default)s)")
+    bench.add_argument("--pretrained", help="open_clip pretrained tag (default: random weights)")
+    bench.add_argument("--checkpoint", help="local weights file (default: random weights)")
+    bench.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    bench.add_argument("--precision", nargs="+", default=["auto"], choices=("auto", "fp16", "fp32"))
+    bench.add_argument("--size", default="640x480", help="frame WIDTHxHEIGHT (%(default)s)")
+    bench.add_argument("--proposals", type=int, default=100, help="masks per frame (%(default)s)")
+    bench.add_argument(
+        "--proposal-generator",
+        default=DEFAULT_PROPOSAL_GENERATOR,
+        choices=proposal_generator_names(),
+    )
+    bench.add_argument(
+        "--classifier", nargs="+", default=["crop", "dense"], choices=("crop", "dense")
+    )
+    bench.add_argument("--iterations", type=int, default=3, help="timed frames (%(default)s)")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed frames first (%(default)s)")
+    bench.add_argument("--node", action="store_true", help="also time the node over DDS")
+    bench.add_argument("--out", default="ovseg-bench", help="output folder (%(default)s)")
+    bench.set_defaults(run=run_bench)
     return parser
 
 

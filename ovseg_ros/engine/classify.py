@@ -58,16 +58,46 @@ def ensemble_probabilities(
     return torch.where(trained[None, :], seen, novel)
 
 
+FINGERPRINT_PIXELS = 1024
+"""Pixels sampled per mask to group candidate duplicates in unique_masks."""
+
+
+def unique_masks(binary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """binary: (K, H, W) bool -> (first: (U,) int64, inverse: (K,) int64) such that
+    binary[first][inverse] equals binary: identical masks share one entry.
+
+    Masks are grouped by their values at fixed, evenly spread pixels, and a group is split by
+    exact comparison, so only identical masks are ever merged.
+    """
+    flat = binary.flatten(1)
+    step = max(1, flat.shape[1] // FINGERPRINT_PIXELS)
+    fingerprints = flat[:, ::step].cpu().numpy()
+    first: list[int] = []
+    inverse: list[int] = []
+    groups: dict[bytes, list[int]] = {}
+    for index, fingerprint in enumerate(fingerprints):
+        group = groups.setdefault(fingerprint.tobytes(), [])
+        match = next((u for u in group if torch.equal(flat[first[u]], flat[index])), None)
+        if match is None:
+            match = len(first)
+            group.append(match)
+            first.append(index)
+        inverse.append(match)
+    return torch.tensor(first, dtype=torch.int64), torch.tensor(inverse, dtype=torch.int64)
+
+
 @dataclass
 class MaskCrops:
-    """Crops of the proposals that are not empty once binarised.
+    """Crops of the proposals that are not empty once binarised, one per distinct mask.
 
-    crops: (K, 3, h, w) float32 on the CLIP device, (h, w) = the model input size.
-    kept: (K,) int64, index of each crop's proposal.
+    crops: (U, 3, h, w) float32 on the CLIP device, (h, w) = the model input size.
+    kept: (K,) int64, index of each non-empty proposal.
+    inverse: (K,) int64, row of crops for each kept proposal (identical masks share a crop).
     """
 
     crops: torch.Tensor
     kept: torch.Tensor
+    inverse: torch.Tensor
 
 
 class CropClassifier:
@@ -82,9 +112,10 @@ class CropClassifier:
         """image: (H, W, 3) uint8 RGB; masks: (N, H, W) float in [0, 1] -> MaskCrops."""
         binary = binarize_masks(masks.to(self.clip.device), mask_threshold)
         kept = binary.flatten(1).any(dim=1).nonzero().flatten()
+        first, inverse = unique_masks(binary[kept])
         normalized = normalize_image(image, self.clip.mean, self.clip.std, self.clip.device)
-        crops = masked_crops(normalized, binary[kept], self.clip.image_size)
-        return MaskCrops(crops=crops, kept=kept.cpu())
+        crops = masked_crops(normalized, binary[kept][first.to(kept.device)], self.clip.image_size)
+        return MaskCrops(crops=crops, kept=kept.cpu(), inverse=inverse.to(self.clip.device))
 
     def embed(self, crops: torch.Tensor, batch_size: int) -> torch.Tensor:
         """crops: (K, 3, h, w) -> (K, D) float32 unit-norm image embeddings, computed in
@@ -112,5 +143,5 @@ class CropClassifier:
         Returns (probabilities: (K, C) float32, kept: (K,) int64 indices into masks).
         """
         crops = self.make_crops(image, masks, mask_threshold)
-        embeddings = self.embed(crops.crops, batch_size)
+        embeddings = self.embed(crops.crops, batch_size)[crops.inverse]
         return clip_probabilities(embeddings, text_embeddings.to(embeddings.device)), crops.kept

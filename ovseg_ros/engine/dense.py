@@ -1,17 +1,16 @@
-"""Dense CLIP features: one image-tower forward per frame instead of one per mask.
+"""Dense mode: one CLIP image-tower forward per frame instead of one per mask.
 
-A CLIP ViT's patch tokens are poorly localised because its last attention block mixes every patch
-with the class token's view of the whole image. Training-free fixes (MaskCLIP, SCLIP, ClearCLIP,
-NACLIP) change only that block; here its attention is replaced by self-self attention
-(softmax(q q^T) + softmax(k k^T), so each patch attends to patches like itself) and the block's
-residual and MLP are dropped, before the usual final norm and projection into the joint space.
-The frame is covered by model-sized windows (no positional-embedding interpolation), all in one
-batched forward; each proposal's embedding is the mask-weighted mean of the patch embeddings.
+The whole frame goes through the ViT once (positional embeddings resized to the frame's patch
+grid) up to its last block. The last block is then run once per mask for the class token only,
+with its attention restricted to the mask: the class token attends to itself and to the patches
+the mask covers, each patch weighted by the fraction of it inside the mask (MaskCLIP-style
+mask-restricted attention, training-free). The rest of the block, the final norm and the
+projection are CLIP's own, so each mask gets an embedding of the kind CLIP gives a crop, at the
+cost of one frame forward plus one attention row per mask.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,112 +23,110 @@ from ovseg_ros.engine.crops import normalize_image
 
 @dataclass
 class DenseConfig:
-    """short_side_scale: the frame's short side is resized to this many model input sizes (>= 1);
-    window_overlap: fraction of a window shared with its neighbour, in [0, 1)."""
+    """short_side_scale: the frame's short side is resized to this many model input sizes."""
 
     short_side_scale: float = 1.5
-    window_overlap: float = 0.5
 
 
-def window_origins(length: int, window: int, stride: int) -> list[int]:
-    """Start offsets of windows of size `window` covering [0, length), the last one flush."""
-    if length <= window:
-        return [0]
-    count = math.ceil((length - window) / stride) + 1
-    return sorted({min(i * stride, length - window) for i in range(count)})
+def resized_positional_embedding(visual: torch.nn.Module, grid: tuple[int, int]) -> torch.Tensor:
+    """(1 + gh * gw, W) positional embeddings for a gh x gw patch grid: the class token's as
+    trained, the patches' bicubic-resized from the trained grid."""
+    embedding = visual.positional_embedding
+    trained_h, trained_w = visual.grid_size
+    patches = embedding[1:].reshape(1, trained_h, trained_w, -1).permute(0, 3, 1, 2)
+    if (trained_h, trained_w) != grid:
+        patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
+    return torch.cat([embedding[:1], patches[0].flatten(1).T], dim=0)
 
 
-def self_self_attention(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """x: (B, L, W) tokens entering the last block -> (B, L, W) self-self attention output,
-    without the block's residual and MLP."""
-    attention: torch.nn.MultiheadAttention = block.attn
-    heads = attention.num_heads
-    batch, length, width = x.shape
-    q, k, v = F.linear(block.ln_1(x), attention.in_proj_weight, attention.in_proj_bias).chunk(3, -1)
-    q, k, v = (t.reshape(batch, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
-    scale = (width // heads) ** -0.5
-    weights = torch.softmax(q @ q.transpose(-2, -1) * scale, dim=-1) + torch.softmax(
-        k @ k.transpose(-2, -1) * scale, dim=-1
-    )
-    out = (weights @ v).transpose(1, 2).reshape(batch, length, width)
-    return attention.out_proj(out)
-
-
-@torch.inference_mode()
-def patch_embeddings(clip: ClipModel, windows: torch.Tensor) -> torch.Tensor:
-    """windows: (B, 3, h, w) normalised, (h, w) = clip.image_size -> (B, D, h/p, w/p) float32,
-    unit-norm joint-space embedding of each patch (p = patch size)."""
+def check_dense_support(clip: ClipModel) -> None:
+    """Raises ValueError unless the image tower is an open_clip ViT with class-token pooling."""
     visual = clip.model.visual
-    if not hasattr(visual, "transformer") or getattr(visual, "attn_pool", None) is not None:
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if (
+        blocks is None
+        or getattr(visual, "attn_pool", None) is not None
+        or getattr(visual, "pool_type", "tok") != "tok"
+        or not getattr(visual.transformer, "batch_first", True)
+    ):
         raise ValueError(
             f"dense mode needs a CLIP ViT with class-token pooling; {clip.name} is not"
         )
-    with clip.autocast():
-        x = visual.conv1(windows.to(clip.device))
-        grid_h, grid_w = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-        x = visual.ln_pre(x)
-        blocks = visual.transformer.resblocks
-        if not getattr(visual.transformer, "batch_first", True):
-            raise ValueError("dense mode expects a batch-first open_clip transformer")
-        for block in blocks[:-1]:
-            x = block(x)
-        x = self_self_attention(blocks[-1], x)
-        x = visual.ln_post(x[:, 1:]) @ visual.proj
-    features = F.normalize(x.float(), dim=-1)
-    return features.transpose(1, 2).reshape(x.shape[0], -1, grid_h, grid_w)
+
+
+def mask_attention_class_tokens(
+    block: torch.nn.Module, tokens: torch.Tensor, patch_weights: torch.Tensor
+) -> torch.Tensor:
+    """The class token's output of a transformer block, once per mask.
+
+    block: an open_clip ResidualAttentionBlock; tokens: (1, 1 + P, W) entering it (class token
+    first); patch_weights: (N, P) in [0, 1], each patch's share inside mask n.
+    Returns (N, W): x_cls + attention restricted to {class token} and the mask's patches (a
+    patch's attention weight scaled by its share), then the block's MLP.
+    """
+    attention: torch.nn.MultiheadAttention = block.attn
+    heads = attention.num_heads
+    width = tokens.shape[-1]
+    head_width = width // heads
+    normed = block.ln_1(tokens)[0]
+    q, k, v = F.linear(normed, attention.in_proj_weight, attention.in_proj_bias).chunk(3, -1)
+    q = q[:1].reshape(heads, 1, head_width)
+    k = k.reshape(-1, heads, head_width).transpose(0, 1)
+    v = v.reshape(-1, heads, head_width).transpose(0, 1)
+    logits = (q @ k.transpose(-2, -1)) * head_width**-0.5  # (heads, 1, 1 + P)
+    weights = torch.cat([patch_weights.new_ones(patch_weights.shape[0], 1), patch_weights], dim=1)
+    bias = weights.clamp(min=1e-12).log().to(logits.dtype)  # (N, 1 + P); -27.6 ~ excluded
+    bias[weights == 0] = float("-inf")
+    attended = torch.softmax(logits[None] + bias[:, None, None, :], dim=-1) @ v[None]
+    attended = attended.reshape(-1, width)  # (N, heads * head_width)
+    x = tokens[0, :1] + block.ls_1(attention.out_proj(attended))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 class DenseFeatureExtractor:
-    """Per-frame dense CLIP embeddings and mask pooling."""
+    """Per-mask CLIP embeddings from one forward of the whole frame."""
 
     def __init__(self, clip: ClipModel, config: DenseConfig | None = None) -> None:
         self.clip = clip
         self.config = config or DenseConfig()
 
-    def frame_features(self, image: np.ndarray) -> torch.Tensor:
-        """image: (H, W, 3) uint8 RGB -> (D, fh, fw) unit-norm patch embeddings of the whole
-        frame, where fh / H ~ fw / W; overlapping windows are averaged."""
+    def frame_tokens(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """image: (H, W, 3) uint8 RGB -> (tokens entering the last block: (1, 1 + gh * gw, W),
+        (gh, gw) the patch grid). The frame's short side becomes short_side_scale input sizes,
+        both sides whole patches."""
+        check_dense_support(self.clip)
+        visual = self.clip.model.visual
         height, width = image.shape[:2]
-        win_h, win_w = self.clip.image_size
-        patch_h, patch_w = self.clip.model.visual.patch_size
-        scale = self.config.short_side_scale * min(win_h, win_w) / min(height, width)
-        # Sizes and strides in whole patches, so every window lands on the frame's patch grid.
-        out_h = max(win_h, round(height * scale / patch_h) * patch_h)
-        out_w = max(win_w, round(width * scale / patch_w) * patch_w)
+        patch_h, patch_w = visual.patch_size
+        scale = self.config.short_side_scale * min(self.clip.image_size) / min(height, width)
+        grid = (max(1, round(height * scale / patch_h)), max(1, round(width * scale / patch_w)))
         frame = normalize_image(image, self.clip.mean, self.clip.std, self.clip.device)
-        frame = F.interpolate(frame[None], (out_h, out_w), mode="bicubic", align_corners=False)[0]
+        frame = F.interpolate(
+            frame[None], (grid[0] * patch_h, grid[1] * patch_w), mode="bicubic", align_corners=False
+        )
+        with self.clip.autocast():
+            x = visual.conv1(frame).flatten(2).transpose(1, 2)
+            cls = visual.class_embedding.to(x.dtype).expand(1, 1, -1)
+            x = torch.cat([cls, x], dim=1)
+            x = x + resized_positional_embedding(visual, grid).to(x.dtype)
+            x = visual.ln_pre(x)
+            for block in visual.transformer.resblocks[:-1]:
+                x = block(x)
+        return x, grid
 
-        stride_h = max(1, round(win_h * (1 - self.config.window_overlap) / patch_h)) * patch_h
-        stride_w = max(1, round(win_w * (1 - self.config.window_overlap) / patch_w)) * patch_w
-        origins = [
-            (y, x)
-            for y in window_origins(out_h, win_h, stride_h)
-            for x in window_origins(out_w, win_w, stride_w)
-        ]
-        windows = torch.stack([frame[:, y : y + win_h, x : x + win_w] for y, x in origins])
-        features = patch_embeddings(self.clip, windows)
-        grid_h, grid_w = out_h // patch_h, out_w // patch_w
-        total = features.new_zeros((features.shape[1], grid_h, grid_w))
-        count = features.new_zeros((1, grid_h, grid_w))
-        for (y, x), window in zip(origins, features, strict=True):
-            gy, gx = y // patch_h, x // patch_w
-            h, w = min(window.shape[1], grid_h - gy), min(window.shape[2], grid_w - gx)
-            total[:, gy : gy + h, gx : gx + w] += window[:, :h, :w]
-            count[:, gy : gy + h, gx : gx + w] += 1
-        return F.normalize(total / count.clamp(min=1), dim=0)
-
+    @torch.inference_mode()
     def mask_embeddings(self, image: np.ndarray, masks: torch.Tensor) -> torch.Tensor:
-        """image: (H, W, 3) uint8 RGB; masks: (N, H, W) bool or float in [0, 1]
-        -> (N, D) unit-norm embeddings, each the mask-weighted mean of the frame's patch
-        embeddings (masks area-averaged to the feature grid)."""
-        features = self.frame_features(image)
-        dim, grid_h, grid_w = features.shape
-        weights = F.adaptive_avg_pool2d(masks.to(features.device).float()[None], (grid_h, grid_w))[
-            0
-        ]
-        weights = weights.flatten(1)
-        pooled = weights @ features.flatten(1).T / weights.sum(dim=1, keepdim=True).clamp(min=1e-6)
-        return F.normalize(pooled, dim=-1)
+        """image: (H, W, 3) uint8 RGB; masks: (N, H, W) bool or float in [0, 1], none empty
+        -> (N, D) float32 unit-norm embeddings."""
+        tokens, grid = self.frame_tokens(image)
+        visual = self.clip.model.visual
+        shares = F.adaptive_avg_pool2d(masks.to(tokens.device).float()[None], grid)[0]
+        embeddings = []
+        with self.clip.autocast():
+            for start in range(0, shares.shape[0], 64):
+                chunk = shares[start : start + 64].flatten(1)
+                x = mask_attention_class_tokens(visual.transformer.resblocks[-1], tokens, chunk)
+                embeddings.append(visual.ln_post(x) @ visual.proj)
+        if not embeddings:
+            return torch.zeros((0, self.clip.embed_dim), device=self.clip.device)
+        return F.normalize(torch.cat(embeddings).float(), dim=-1)

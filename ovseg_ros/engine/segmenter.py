@@ -13,8 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ovseg_ros.engine.classify import CropClassifier, clip_probabilities, ensemble_probabilities
+from ovseg_ros.engine.classify import (
+    CropClassifier,
+    binarize_masks,
+    clip_probabilities,
+    ensemble_probabilities,
+)
 from ovseg_ros.engine.clip_model import ClipModel, load_clip
+from ovseg_ros.engine.dense import DenseFeatureExtractor
 from ovseg_ros.engine.proposals import (
     DEFAULT_PROPOSAL_GENERATOR,
     ProposalGenerator,
@@ -38,6 +44,8 @@ class SegmenterConfig:
     min_segment_area: smallest segment, in pixels, listed in Segmentation.segments.
     ensemble_weight: lambda of the geometric ensemble with proposal class scores (used only
         when the proposal generator scores its masks; 0 uses CLIP alone, as the reference).
+    classifier: "crop", one CLIP forward per mask crop (the paper), or "dense", one CLIP
+        forward per frame with each mask's embedding pooled from patch features (dense.py).
     """
 
     mask_threshold: float = 0.5
@@ -45,6 +53,7 @@ class SegmenterConfig:
     batch_size: int = 32
     min_segment_area: int = 16
     ensemble_weight: float = 0.8
+    classifier: str = "crop"
 
 
 def check_image(image: object) -> np.ndarray:
@@ -126,6 +135,7 @@ class TwoStageSegmenter:
         self.proposals = proposals
         self.config = config or SegmenterConfig()
         self.classifier = CropClassifier(clip)
+        self.dense = DenseFeatureExtractor(clip)
 
     def segment(self, image: np.ndarray, vocabulary: EncodedVocabulary) -> Segmentation:
         """image: (H, W, 3) uint8 RGB (see check_image) -> Segmentation under `vocabulary`.
@@ -154,9 +164,18 @@ class TwoStageSegmenter:
         proposals = self.proposals(image, vocabulary)
         lap("proposals")
         masks = proposals.masks.to(self.clip.device)
-        crops = self.classifier.make_crops(image, masks, config.mask_threshold)
-        lap("crops")
-        embeddings = self.classifier.embed(crops.crops, config.batch_size)
+        if config.classifier == "dense":
+            binary = binarize_masks(masks, config.mask_threshold)
+            kept = binary.flatten(1).any(dim=1).nonzero().flatten().cpu()
+            lap("crops")
+            embeddings = self.dense.mask_embeddings(image, binary[kept.to(binary.device)])
+        elif config.classifier == "crop":
+            crops = self.classifier.make_crops(image, masks, config.mask_threshold)
+            kept = crops.kept
+            lap("crops")
+            embeddings = self.classifier.embed(crops.crops, config.batch_size)[crops.inverse]
+        else:
+            raise ValueError(f"classifier must be 'crop' or 'dense', got {config.classifier!r}")
         lap("clip_image")
 
         clip_probs = clip_probabilities(
@@ -166,7 +185,7 @@ class TwoStageSegmenter:
         if proposals.class_scores is not None and config.ensemble_weight > 0:
             # As the reference: masks left empty by the threshold keep p_clip = 1.
             full = torch.ones((len(proposals), vocabulary.num_classes), device=masks.device)
-            full[crops.kept.to(masks.device)] = clip_probs.to(masks.device)
+            full[kept.to(masks.device)] = clip_probs.to(masks.device)
             probabilities = ensemble_probabilities(
                 full,
                 proposals.class_scores.to(masks.device),
@@ -175,8 +194,8 @@ class TwoStageSegmenter:
             )
         else:
             probabilities = clip_probs
-            masks = masks[crops.kept.to(masks.device)]
-            weights = None if weights is None else weights[crops.kept]
+            masks = masks[kept.to(masks.device)]
+            weights = None if weights is None else weights[kept]
         labels, scores = aggregate_scores(probabilities, masks, weights, config.unlabeled_threshold)
         lap("aggregation")
         labels = labels.astype(np.uint16)

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from ovseg_ros.ros.conversions import array_to_image
+from ovseg_ros.ros.runner import run_node
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -114,21 +113,7 @@ class FramePublisher(Node):
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: `ovseg_frame_publisher --ros-args -p source:=FOLDER_OR_VIDEO`."""
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    try:
-        node = FramePublisher()
-    except (OSError, ValueError) as exc:
-        print(f"[ovseg_frame_publisher] cannot start: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(FramePublisher, argv)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ class SegmenterParameters:
     proposal_generator: str
     proposal_checkpoint: str
     max_proposals: int
+    classifier: str
     ensemble_weight: float
     mask_threshold: float
     unlabeled_threshold: float
@@ -50,6 +51,7 @@ DEFAULTS = SegmenterParameters(
     proposal_generator="superpixel",
     proposal_checkpoint="",
     max_proposals=100,
+    classifier="crop",
     ensemble_weight=0.8,
     mask_threshold=0.5,
     unlabeled_threshold=0.0,
@@ -69,6 +71,7 @@ DYNAMIC = {
     "mask_threshold",
     "unlabeled_threshold",
     "ensemble_weight",
+    "classifier",
     "min_segment_area",
     "max_rate_hz",
     "max_age_s",
@@ -106,6 +109,11 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
     "proposal_generator": ("Stage-1 mask proposal generator: superpixel | maskformer.", {}),
     "proposal_checkpoint": (
         "Weights of a learned proposal generator (maskformer); empty = its bundled default.",
+        {},
+    ),
+    "classifier": (
+        "crop: one CLIP forward per proposal (the paper); dense: one forward per frame, "
+        "proposal embeddings pooled from patch features (several times faster).",
         {},
     ),
     "ensemble_weight": (
@@ -150,11 +158,18 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
 }
 
 CHOICES = {
+    "classifier": ("crop", "dense"),
     "device": ("auto", "cuda", "cpu"),
     "precision": ("auto", "fp16", "fp32"),
     "input_transport": ("raw", "compressed"),
     "input_reliability": ("best_effort", "reliable"),
 }
+
+
+def check_choice(name: str, value: object) -> None:
+    """Raises ValueError when parameter `name` has choices and `value` is not one of them."""
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ValueError(f"parameter {name} must be one of {CHOICES[name]}, got {value!r}")
 
 
 def declare_parameters(node: Node) -> SegmenterParameters:
@@ -171,11 +186,8 @@ def declare_parameters(node: Node) -> SegmenterParameters:
     values = SegmenterParameters(
         **{f.name: node.get_parameter(f.name).value for f in fields(SegmenterParameters)}
     )
-    for name, choices in CHOICES.items():
-        if getattr(values, name) not in choices:
-            raise ValueError(
-                f"parameter {name} must be one of {choices}, got {getattr(values, name)!r}"
-            )
+    for name in CHOICES:
+        check_choice(name, getattr(values, name))
     values.vocabulary = list(values.vocabulary)
     values.prompt_templates = list(values.prompt_templates)
     return values

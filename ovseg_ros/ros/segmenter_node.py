@@ -14,9 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import rclpy
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -43,7 +41,8 @@ from ovseg_ros.ros.conversions import (
     segmentation_to_msg,
     vocabulary_to_msg,
 )
-from ovseg_ros.ros.parameters import SegmenterParameters, declare_parameters
+from ovseg_ros.ros.parameters import SegmenterParameters, check_choice, declare_parameters
+from ovseg_ros.ros.runner import run_node
 
 
 @dataclass
@@ -209,6 +208,7 @@ class SegmenterNode(Node):
         config.unlabeled_threshold = p.unlabeled_threshold
         config.min_segment_area = p.min_segment_area
         config.ensemble_weight = p.ensemble_weight
+        config.classifier = p.classifier
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Validates a change; vocabulary and template changes are encoded on another thread."""
@@ -216,6 +216,8 @@ class SegmenterNode(Node):
         names = list(changes.get("vocabulary", self.params.vocabulary))
         templates = list(changes.get("prompt_templates", self.params.prompt_templates))
         try:
+            for name, value in changes.items():
+                check_choice(name, value)
             names = validate_class_names(names, self.params.max_classes)
             resolved_templates = resolve_templates(templates)
         except ValueError as exc:
@@ -266,23 +268,7 @@ class SegmenterNode(Node):
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: `ovseg_segmenter --ros-args ...`."""
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    try:
-        node = SegmenterNode()
-    except Exception as exc:  # noqa: BLE001 - report start-up errors (weights, parameters) plainly
-        print(f"[ovseg_segmenter] cannot start: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(SegmenterNode, argv)
 
 
 if __name__ == "__main__":
