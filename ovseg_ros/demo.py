@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
             Parameter("loop", value=False),
         ]
     )
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = SingleThreadedExecutor()
     for node in (segmenter, recorder, publisher):
         executor.add_node(node)
     deadline = time.monotonic() + args.timeout
@@ -168,9 +168,7 @@ def run(args: argparse.Namespace) -> int:
         while len(recorder.done) < count and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.1)
     finally:
-        for node in (publisher, recorder, segmenter):
-            executor.remove_node(node)
-        executor.shutdown(timeout_sec=5.0)
+        executor.shutdown()
         for node in (publisher, recorder, segmenter):
             node.destroy_node()
         rclpy.try_shutdown()

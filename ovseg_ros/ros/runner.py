@@ -6,12 +6,13 @@ import sys
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 
 def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> int:
-    """Builds the node with `make_node` after rclpy.init(argv) and spins it on two threads.
+    """Builds the node with `make_node` after rclpy.init(argv) and spins it; callbacks are short
+    (the segmenter infers on a worker thread of its own), so one executor thread serves them.
 
     Returns 0 on a clean stop, 1 when the node cannot be built (the reason goes to stderr:
     missing weights, a bad parameter value, an unreadable source).
@@ -23,7 +24,7 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
         print(f"[{getattr(make_node, '__name__', 'node')}] cannot start: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 1
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         executor.spin()
