@@ -132,3 +132,14 @@ def test_frame_publisher_feeds_segmenter_process(ros_context, tmp_path):
         _stop(publisher)
         _stop(segmenter)
         node.destroy_node()
+
+
+def test_missing_weights_stop_the_node_with_a_clear_error(tmp_path):
+    missing = tmp_path / "absent.safetensors"
+    process = _start(
+        "ovseg_ros.ros.segmenter_node",
+        "-p", f"model:={TINY_MODEL}", "-p", f"checkpoint:={missing}", "-p", "pretrained:=''",
+    )  # fmt: skip
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "cannot start" in output and str(missing) in output
