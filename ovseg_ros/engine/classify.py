@@ -26,6 +26,14 @@ def binarize_masks(masks: torch.Tensor, threshold: float) -> torch.Tensor:
     return masks > threshold
 
 
+def nonempty_masks(masks: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """masks: (N, H, W) float in [0, 1] -> (binary: (K, H, W) bool, the masks left non-empty by
+    binarize_masks; kept: (K,) int64, their indices into masks, on the masks' device)."""
+    binary = binarize_masks(masks, threshold)
+    kept = binary.flatten(1).any(dim=1).nonzero().flatten()
+    return binary[kept], kept
+
+
 def clip_probabilities(
     image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, temperature: float = TEMPERATURE
 ) -> torch.Tensor:
@@ -110,11 +118,10 @@ class CropClassifier:
         self, image: np.ndarray, masks: torch.Tensor, mask_threshold: float
     ) -> MaskCrops:
         """image: (H, W, 3) uint8 RGB; masks: (N, H, W) float in [0, 1] -> MaskCrops."""
-        binary = binarize_masks(masks.to(self.clip.device), mask_threshold)
-        kept = binary.flatten(1).any(dim=1).nonzero().flatten()
-        first, inverse = unique_masks(binary[kept])
+        binary, kept = nonempty_masks(masks.to(self.clip.device), mask_threshold)
+        first, inverse = unique_masks(binary)
         normalized = normalize_image(image, self.clip.mean, self.clip.std, self.clip.device)
-        crops = masked_crops(normalized, binary[kept][first.to(kept.device)], self.clip.image_size)
+        crops = masked_crops(normalized, binary[first.to(kept.device)], self.clip.image_size)
         return MaskCrops(crops=crops, kept=kept.cpu(), inverse=inverse.to(self.clip.device))
 
     def embed(self, crops: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -15,9 +15,9 @@ import torch
 
 from ovseg_ros.engine.classify import (
     CropClassifier,
-    binarize_masks,
     clip_probabilities,
     ensemble_probabilities,
+    nonempty_masks,
 )
 from ovseg_ros.engine.clip_model import ClipModel, load_clip
 from ovseg_ros.engine.dense import DenseFeatureExtractor
@@ -165,10 +165,10 @@ class TwoStageSegmenter:
         lap("proposals")
         masks = proposals.masks.to(self.clip.device)
         if config.classifier == "dense":
-            binary = binarize_masks(masks, config.mask_threshold)
-            kept = binary.flatten(1).any(dim=1).nonzero().flatten().cpu()
+            binary, kept = nonempty_masks(masks, config.mask_threshold)
+            kept = kept.cpu()
             lap("crops")
-            embeddings = self.dense.mask_embeddings(image, binary[kept.to(binary.device)])
+            embeddings = self.dense.mask_embeddings(image, binary)
         elif config.classifier == "crop":
             crops = self.classifier.make_crops(image, masks, config.mask_threshold)
             kept = crops.kept
