@@ -287,3 +287,15 @@ def test_stale_frames_are_dropped_and_counted(ros_context):
         assert h.segmenter.stats.dropped_stale == 1
     finally:
         h.close()
+
+
+def test_classifier_switch_at_run_time_is_validated(harness):
+    rejected = harness.set_parameters(classifier="fastest")[0]
+    assert not rejected.successful and "crop" in rejected.reason
+    assert harness.segmenter.segmenter.config.classifier == "crop"
+    assert harness.set_parameters(classifier="dense")[0].successful
+    assert harness.segmenter.segmenter.config.classifier == "dense"
+    _, msg = _scene_image(1_000_008, stamp_sec=4)
+    harness.image_pub.publish(msg)
+    assert harness.spin_until(lambda: len(harness.results) > 0)
+    assert harness.results[0].class_names == SHAPES
