@@ -11,7 +11,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -68,7 +68,8 @@ class StageTiming:
 
 @dataclass
 class BenchResult:
-    """One benchmark configuration's figures; frames_per_s counts every stage listed."""
+    """One benchmark configuration's figures; frames_per_s counts every stage listed; dtype: the
+    image tower's compute dtype that settings.precision resolved to (e.g. "bfloat16")."""
 
     settings: BenchSettings
     stages: dict[str, StageTiming]
@@ -77,7 +78,7 @@ class BenchResult:
     proposals_per_frame: float
     text_ms_cold: float
     text_ms_steady: float
-    extra: dict[str, float] = field(default_factory=dict)
+    dtype: str
 
 
 class PaddedProposals(ProposalGenerator):
@@ -223,6 +224,7 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
         proposals_per_frame=float(np.mean(counts)),
         text_ms_cold=text_ms_cold,
         text_ms_steady=text_ms_steady,
+        dtype=str(segmenter.clip.dtype).removeprefix("torch."),
     )
 
 
@@ -252,7 +254,7 @@ def format_report(
             s.model,
             s.classifier,
             s.device,
-            s.precision,
+            f"{s.precision} ({result.dtype})",
             f"{s.width}x{s.height}",
             f"{result.proposals_per_frame:.0f}",
         ]
@@ -279,13 +281,15 @@ def format_report(
             f"capped at {s.proposals}): publish -> result mean {node_latency.mean:.0f} ms, "
             f"p50 {node_latency.p50:.0f} ms, p90 {node_latency.p90:.0f} ms"
         )
-    if len(results) > 1:
-        base = results[0]
-        for other in results[1:]:
-            lines.append(
-                f"frames/s ratio {other.settings.classifier}/{base.settings.classifier}: "
-                f"{other.frames_per_s / base.frames_per_s:.2f}x"
-            )
+    for dense in results:
+        for crop in results:
+            if dense.settings.classifier == "dense" and crop.settings == replace(
+                dense.settings, classifier="crop"
+            ):
+                lines.append(
+                    f"frames/s ratio dense/crop, {dense.settings.model} {dense.dtype}: "
+                    f"{dense.frames_per_s / crop.frames_per_s:.2f}x"
+                )
     return "\n".join(lines) + "\n"
 
 

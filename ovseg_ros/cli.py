@@ -22,6 +22,8 @@ import numpy as np
 import open_clip
 
 from ovseg_ros.engine.clip_model import (
+    DEVICES,
+    PRECISIONS,
     TINY_MODEL,
     CheckpointMismatchError,
     WeightsNotFoundError,
@@ -66,8 +68,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default=TINY_MODEL, help="open_clip model name (%(default)s)")
     group.add_argument("--pretrained", help="open_clip pretrained tag, e.g. openai")
     group.add_argument("--checkpoint", help="local weights file (safetensors or state dict)")
-    group.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    group.add_argument("--precision", default="auto", choices=("auto", "fp16", "fp32"))
+    group.add_argument("--device", default="auto", choices=DEVICES)
+    group.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: fp16 on CUDA, bf16 on a CPU with native bf16, else fp32",
+    )
     group.add_argument(
         "--templates",
         action="append",
@@ -92,6 +99,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--mask-threshold", type=float, default=0.5, help="(%(default)s)")
     group.add_argument(
+        "--min-proposal-area",
+        type=int,
+        default=16,
+        help="proposals with fewer pixels are dropped before CLIP (%(default)s)",
+    )
+    group.add_argument(
         "--unlabeled-threshold",
         type=float,
         default=0.0,
@@ -110,6 +123,7 @@ def _build(args: argparse.Namespace) -> TwoStageSegmenter:
     config = SegmenterConfig(
         mask_threshold=args.mask_threshold,
         unlabeled_threshold=args.unlabeled_threshold,
+        min_proposal_area=args.min_proposal_area,
         classifier=args.classifier,
     )
     return build_segmenter(
@@ -213,6 +227,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "templates": ", ".join(templates),
         "proposals": f"{args.proposals}, at most {args.max_proposals}",
         "mask_threshold": args.mask_threshold,
+        "min_proposal_area": args.min_proposal_area,
         "unlabeled_threshold": args.unlabeled_threshold,
     }
     out = Path(args.out)
@@ -295,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", default="ViT-B-16", help="open_clip model (%(default)s)")
     bench.add_argument("--pretrained", help="open_clip pretrained tag (default: random weights)")
     bench.add_argument("--checkpoint", help="local weights file (default: random weights)")
-    bench.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    bench.add_argument("--precision", nargs="+", default=["auto"], choices=("auto", "fp16", "fp32"))
+    bench.add_argument("--device", default="auto", choices=DEVICES)
+    bench.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS)
     bench.add_argument("--size", default="640x480", help="frame WIDTHxHEIGHT (%(default)s)")
     bench.add_argument("--proposals", type=int, default=100, help="masks per frame (%(default)s)")
     bench.add_argument(

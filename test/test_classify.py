@@ -16,6 +16,7 @@ from ovseg_ros.engine.classify import (
     binarize_masks,
     clip_probabilities,
     ensemble_probabilities,
+    usable_masks,
 )
 from ovseg_ros.engine.clip_model import load_clip
 
@@ -48,6 +49,24 @@ def test_equal_similarities_give_uniform_probabilities():
 def test_binarize_is_strictly_greater_than_the_threshold():
     masks = torch.tensor([[[0.5, 0.51], [0.0, 1.0]]])
     assert binarize_masks(masks, 0.5).tolist() == [[[False, True], [False, True]]]
+
+
+def test_masks_below_the_minimum_area_are_dropped_before_cropping():
+    masks = torch.zeros((4, 10, 10))
+    masks[1, 0, :5] = 1.0  # 5 pixels
+    masks[2, :4, :4] = 1.0  # 16 pixels
+    masks[3] = 1.0  # 100 pixels; mask 0 is empty
+    binary, kept = usable_masks(masks, 0.5)
+    assert kept.tolist() == [1, 2, 3]
+    binary, kept = usable_masks(masks, 0.5, min_area=16)
+    assert kept.tolist() == [2, 3]
+    assert torch.equal(binary, masks[[2, 3]] > 0.5)
+    crops = CropClassifier(_fake_clip((8, 8))).make_crops(
+        np.zeros((10, 10, 3), np.uint8), masks, 0.5, min_area=16
+    )
+    assert crops.kept.tolist() == [2, 3] and crops.crops.shape[0] == 2
+    whole = torch.ones((1, 2, 3))  # an image smaller than min_area: its whole-image mask counts
+    assert usable_masks(whole, 0.5, min_area=16)[1].tolist() == [0]
 
 
 def test_crop_is_tight_box_mean_filled_and_normalised():

@@ -112,3 +112,28 @@ def test_offline_pretrained_tag_says_what_is_missing(tmp_path):
     assert run.returncode == 2
     assert "could not load CLIP weights RN50 / openai" in run.stderr
     assert str(tmp_path / "hf") in run.stderr
+
+
+def test_bench_times_every_stage_and_compares_modes_at_one_precision(tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", "--model", "ovseg-tiny-clip", *MODEL, "--size", "160x120"]
+    args += ["--proposals", "7", "--classifier", "crop", "dense", "--precision", "fp32", "bf16"]
+    assert main([*args, "--iterations", "2", "--warmup", "0", "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    results = report["results"]
+    assert [(r["settings"]["classifier"], r["dtype"]) for r in results] == [
+        ("crop", "float32"),
+        ("dense", "float32"),
+        ("crop", "bfloat16"),
+        ("dense", "bfloat16"),
+    ]
+    stages = {"decode", "proposals", "crops", "clip_image", "aggregation", "render", "convert"}
+    for result in results:
+        assert stages <= set(result["stages"])
+        assert result["proposals_per_frame"] == 7
+        assert result["frames_per_s"] == pytest.approx(1000 / result["frame_ms"]["mean"])
+    markdown = (out / "bench.md").read_text()
+    assert "torch_threads" in markdown
+    assert "frames/s ratio dense/crop, ovseg-tiny-clip float32" in markdown
+    assert "frames/s ratio dense/crop, ovseg-tiny-clip bfloat16" in markdown
+    assert markdown in capsys.readouterr().out

@@ -19,7 +19,7 @@ from ovseg_ros.engine.dense import (
 
 @pytest.fixture(scope="module")
 def tiny_clip():
-    return load_clip(TINY_MODEL, checkpoint=TINY_CHECKPOINT, device="cpu")
+    return load_clip(TINY_MODEL, checkpoint=TINY_CHECKPOINT, device="cpu", precision="fp32")
 
 
 def test_full_mask_attention_is_the_blocks_own_class_token(tiny_clip):
@@ -53,7 +53,9 @@ def test_excluded_patches_do_not_matter(tiny_clip):
 
 def test_whole_image_mask_at_native_size_is_clips_image_embedding(tiny_clip):
     image = np.random.default_rng(0).integers(0, 255, (*tiny_clip.image_size, 3), dtype=np.uint8)
-    extractor = DenseFeatureExtractor(tiny_clip, DenseConfig(short_side_scale=1.0))
+    extractor = DenseFeatureExtractor(
+        tiny_clip, DenseConfig(short_side_patches=tiny_clip.model.visual.grid_size[0])
+    )
     dense = extractor.mask_embeddings(image, torch.ones(1, *tiny_clip.image_size))
     normalized = normalize_image(image, tiny_clip.mean, tiny_clip.std)
     expected = tiny_clip.encode_images(normalized[None])

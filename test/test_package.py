@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 from conftest import REPO_ROOT
@@ -90,3 +92,20 @@ def test_build_installs_nodes_launch_config_and_models():
         assert path.is_file(), path
     for program in (lib / "ovseg_segmenter", lib / "ovseg_frame_publisher"):
         assert program.stat().st_mode & 0o111, program
+
+
+def test_openmp_threads_wait_passively_unless_the_user_chose():
+    """Spinning OpenMP threads would starve the node's DDS threads on small machines."""
+    program = (
+        "import os, ovseg_ros, torch\n"
+        "torch.ones(64, 64) @ torch.ones(64, 64)\n"
+        "print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    for chosen, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if chosen is not None:
+            env["OMP_WAIT_POLICY"] = chosen
+        run = subprocess.run(
+            [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
+        )
+        assert run.stdout.strip() == expected

@@ -1,5 +1,5 @@
-"""The faster paths compute what the reference path computes: shared duplicate crops and cached
-text embeddings."""
+"""The faster paths compute what the reference path computes: shared duplicate crops, cached
+text embeddings, and bf16 on the CPU (labels as fp32 gives them)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ import pytest
 import torch
 from tiny_model import TINY_CHECKPOINT, TINY_MODEL
 
-from ovseg_ros.engine import toy_world
+from ovseg_ros.engine import clip_model, toy_world
 from ovseg_ros.engine.classify import CropClassifier, unique_masks
-from ovseg_ros.engine.clip_model import load_clip
+from ovseg_ros.engine.clip_model import load_clip, resolve_dtype
 from ovseg_ros.engine.proposals import build_proposal_generator
-from ovseg_ros.engine.segmenter import TwoStageSegmenter
+from ovseg_ros.engine.segmenter import SegmenterConfig, TwoStageSegmenter, build_segmenter
 from ovseg_ros.engine.vocabulary import VocabularyEncoder
 
 
 @pytest.fixture(scope="module")
 def tiny_clip():
-    return load_clip(TINY_MODEL, checkpoint=TINY_CHECKPOINT, device="cpu")
+    return load_clip(TINY_MODEL, checkpoint=TINY_CHECKPOINT, device="cpu", precision="fp32")
 
 
 def test_unique_masks_merges_only_identical_masks():
@@ -77,3 +77,62 @@ def test_steady_state_runs_no_text_encoder(tiny_clip):
         assert len(calls) == after_first_encoding + 1  # only the new name is encoded
     finally:
         tiny_clip.model.encode_text = original
+
+
+def test_precision_auto_is_fp16_on_cuda_and_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(clip_model, "cpu_has_native_bf16", lambda: True)
+    assert resolve_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(clip_model, "cpu_has_native_bf16", lambda: False)
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("auto", cuda) == torch.float16
+    assert resolve_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="'fp16' needs a CUDA device"):
+        resolve_dtype("fp16", cpu)
+    with pytest.raises(ValueError, match="'bf16' is for the CPU"):
+        resolve_dtype("bf16", cuda)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_dtype("int8", cpu)
+
+
+def test_bf16_stores_the_image_tower_in_bf16_and_leaves_text_embeddings_exact(tiny_clip):
+    bf16 = load_clip(TINY_MODEL, checkpoint=TINY_CHECKPOINT, device="cpu", precision="bf16")
+    assert {p.dtype for p in bf16.model.visual.parameters()} == {torch.bfloat16}
+    assert bf16.model.token_embedding.weight.dtype == torch.float32
+    names = [f"a photo of a {name}." for name in toy_world.shape_classes()]
+    assert torch.equal(bf16.encode_texts(names), tiny_clip.encode_texts(names))
+    images = torch.randn(2, 3, *bf16.image_size)
+    embeddings = bf16.encode_images(images)
+    assert embeddings.dtype == torch.float32
+    assert (
+        torch.nn.functional.cosine_similarity(embeddings, tiny_clip.encode_images(images)).min()
+        > 0.99
+    )
+
+
+@pytest.mark.parametrize("classifier", ["crop", "dense"])
+def test_bf16_labels_agree_with_fp32_on_held_out_scenes(classifier):
+    segmenters = {
+        precision: build_segmenter(
+            TINY_MODEL,
+            checkpoint=TINY_CHECKPOINT,
+            device="cpu",
+            precision=precision,
+            config=SegmenterConfig(classifier=classifier),
+        )
+        for precision in ("fp32", "bf16")
+    }
+    vocabularies = {
+        precision: VocabularyEncoder(segmenter.clip).encode(toy_world.shape_classes(), "single")
+        for precision, segmenter in segmenters.items()
+    }
+    same = total = 0
+    for seed in range(toy_world.EVAL_SEEDS.start, toy_world.EVAL_SEEDS.start + 6):
+        image = toy_world.generate_scene(seed).image
+        labels = {
+            precision: segmenter.segment(image, vocabularies[precision]).labels
+            for precision, segmenter in segmenters.items()
+        }
+        same += int((labels["fp32"] == labels["bf16"]).sum())
+        total += labels["fp32"].size
+    assert same / total >= 0.995

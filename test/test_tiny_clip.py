@@ -21,7 +21,7 @@ NUM_SHAPE_CROPS = 300
 
 @pytest.fixture(scope="module")
 def clip() -> ClipModel:
-    return load_clip("ovseg-tiny-clip", checkpoint=CHECKPOINT, device="cpu")
+    return load_clip("ovseg-tiny-clip", checkpoint=CHECKPOINT, device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")

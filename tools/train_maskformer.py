@@ -24,7 +24,6 @@ minutes on 2 shared CPU cores; retrain it whenever the tiny CLIP changes):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -35,7 +34,13 @@ import torch
 from tqdm import tqdm
 
 from ovseg_ros.engine import toy_world
-from ovseg_ros.engine.clip_model import TINY_MODEL, check_state_dict, load_clip, read_state_dict
+from ovseg_ros.engine.clip_model import (
+    TINY_MODEL,
+    check_state_dict,
+    load_clip,
+    read_state_dict,
+    text_tower_digest,
+)
 from ovseg_ros.engine.datasets import FolderDataset
 from ovseg_ros.engine.maskformer.backbone import RESNET_CONFIGS, ResNetConfig
 from ovseg_ros.engine.maskformer.checkpoint import (
@@ -263,9 +268,7 @@ def main() -> None:
         unseen = [n.strip() for n in args.unseen.split(",") if n.strip()]
         source = FolderSource(dataset, unseen, height, width)
     vocabulary = VocabularyEncoder(clip).encode(source.class_names, args.templates)
-    clip_source = args.clip_pretrained or (
-        "sha256:" + hashlib.sha256(args.clip_checkpoint.read_bytes()).hexdigest()
-    )
+    clip_source = args.clip_pretrained or text_tower_digest(read_state_dict(args.clip_checkpoint))
     text_embeddings = vocabulary.text_embeddings.to(device)
 
     state_path = args.output.with_suffix(".train-state.pt")

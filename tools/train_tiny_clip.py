@@ -195,6 +195,21 @@ def augment(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return torch.stack(out)
 
 
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate: linear warm-up over the first 5 % of `steps`, then a cosine decay to 0."""
+    warmup = max(steps // 20, 1)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(steps - warmup, 1)))
+        ),
+    )
+
+
 def train(
     model: open_clip.CLIP, crops: Crops, tokenizer, steps: int, batch: int, seed: int
 ) -> None:
@@ -208,15 +223,7 @@ def train(
         lr=1e-3,
         betas=(0.9, 0.98),
     )
-    warmup = max(steps // 20, 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (
-            (s + 1) / warmup
-            if s < warmup
-            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(steps - warmup, 1)))
-        ),
-    )
+    schedule = warmup_cosine(optimizer, steps)
     names = {
         "shape": toy_world.shape_classes(),
         "color": toy_world.color_classes(),

@@ -1,6 +1,7 @@
 """Stage 2: classify each proposal mask with CLIP, as the paper's reference code does.
 
-Per mask: binarise at mask_threshold (mask > threshold), drop masks left empty, crop the tight
+Per mask: binarise at mask_threshold (mask > threshold), drop masks left empty (and those below
+min_area pixels), crop the tight
 box with the pixels outside the mask at the CLIP pixel mean, normalise, bicubic-resize to the
 model input (crops.py); one CLIP image forward per batch of at most batch_size crops;
 logits = 100 * image_embedding @ text_embeddings.T; softmax over the vocabulary's classes.
@@ -26,11 +27,16 @@ def binarize_masks(masks: torch.Tensor, threshold: float) -> torch.Tensor:
     return masks > threshold
 
 
-def nonempty_masks(masks: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """masks: (N, H, W) float in [0, 1] -> (binary: (K, H, W) bool, the masks left non-empty by
-    binarize_masks; kept: (K,) int64, their indices into masks, on the masks' device)."""
+def usable_masks(
+    masks: torch.Tensor, threshold: float, min_area: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """masks: (N, H, W) float in [0, 1] -> (binary: (K, H, W) bool, the masks that keep at least
+    min_area pixels once binarised (binarize_masks), min_area taken in [1, H * W] so that a mask
+    of the whole image always counts; kept: (K,) int64, their indices into masks, on the masks'
+    device)."""
     binary = binarize_masks(masks, threshold)
-    kept = binary.flatten(1).any(dim=1).nonzero().flatten()
+    least = min(max(1, min_area), masks.shape[1] * masks.shape[2])
+    kept = (binary.flatten(1).sum(dim=1) >= least).nonzero().flatten()
     return binary[kept], kept
 
 
@@ -115,10 +121,11 @@ class CropClassifier:
         self.clip = clip
 
     def make_crops(
-        self, image: np.ndarray, masks: torch.Tensor, mask_threshold: float
+        self, image: np.ndarray, masks: torch.Tensor, mask_threshold: float, min_area: int = 1
     ) -> MaskCrops:
-        """image: (H, W, 3) uint8 RGB; masks: (N, H, W) float in [0, 1] -> MaskCrops."""
-        binary, kept = nonempty_masks(masks.to(self.clip.device), mask_threshold)
+        """image: (H, W, 3) uint8 RGB; masks: (N, H, W) float in [0, 1] -> MaskCrops of the masks
+        with at least min_area pixels once binarised."""
+        binary, kept = usable_masks(masks.to(self.clip.device), mask_threshold, min_area)
         first, inverse = unique_masks(binary)
         normalized = normalize_image(image, self.clip.mean, self.clip.std, self.clip.device)
         crops = masked_crops(normalized, binary[first.to(kept.device)], self.clip.image_size)

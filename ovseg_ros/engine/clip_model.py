@@ -7,6 +7,7 @@ through it. Checkpoints load safely: safetensors, or `torch.load(weights_only=Tr
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ TINY_MODEL = "ovseg-tiny-clip"
 """The project's own small CLIP, trained on the toy world (tools/train_tiny_clip.py)."""
 
 DEVICES = ("auto", "cuda", "cpu")
-PRECISIONS = ("auto", "fp16", "fp32")
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 
 
 class WeightsNotFoundError(RuntimeError):
@@ -42,7 +43,10 @@ class ClipModel:
 
     image_size: (height, width) in pixels the image tower takes.
     mean, std: per-channel RGB normalisation for images in [0, 1].
-    dtype: compute dtype on the device (float16 runs under autocast, weights stay float32).
+    dtype: compute dtype of the image tower. float16 (CUDA) runs under autocast with float32
+        weights; bfloat16 (CPU) stores the image tower's weights in bfloat16, because CPU autocast
+        converts the weights on every call and is slower than float32. The text tower always
+        computes in float32 on the CPU.
     """
 
     model: open_clip.CLIP
@@ -65,11 +69,16 @@ class ClipModel:
         enabled = self.dtype == torch.float16 and self.device.type == "cuda"
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=enabled)
 
+    @property
+    def image_input_dtype(self) -> torch.dtype:
+        """The dtype the image tower's weights are stored in (what its input must be cast to)."""
+        return self.model.visual.conv1.weight.dtype
+
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 3, *image_size) float, normalised -> (B, D) float32, unit norm."""
         with self.autocast():
-            features = self.model.encode_image(images.to(self.device))
+            features = self.model.encode_image(images.to(self.device, self.image_input_dtype))
         return F.normalize(features.float(), dim=-1)
 
     @torch.inference_mode()
@@ -92,15 +101,29 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products in hardware (AVX512-BF16 or AMX)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """'auto' is fp16 on CUDA and fp32 on the CPU; fp16 on the CPU is refused (slow, lossy)."""
+    """'auto' is fp16 on CUDA, bf16 on a CPU with native bf16 (cpu_has_native_bf16), else fp32.
+
+    fp16 on the CPU and bf16 on CUDA are refused (slow there, with nothing gained)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
+        if device.type == "cuda":
+            precision = "fp16"
+        else:
+            precision = "bf16" if cpu_has_native_bf16() else "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision 'fp16' needs a CUDA device; use 'fp32' or 'auto' on the CPU")
-    return torch.float16 if precision == "fp16" else torch.float32
+        raise ValueError(
+            "precision 'fp16' needs a CUDA device; use 'bf16', 'fp32' or 'auto' on the CPU"
+        )
+    if precision == "bf16" and device.type != "cpu":
+        raise ValueError("precision 'bf16' is for the CPU; use 'fp16' or 'auto' on CUDA")
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -126,6 +149,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointMismatchError(f"{path} holds no tensor state dict")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def text_tower_digest(state: dict[str, torch.Tensor]) -> str:
+    """A fingerprint of a CLIP state dict's text side (every tensor outside `visual.`): sha256 over
+    the names and float16 bytes in name order, as "text-sha256:<hex>". A model trained in this
+    CLIP's text space (the toy MaskFormer's class head) depends on exactly these tensors."""
+    digest = hashlib.sha256()
+    for name in sorted(key for key in state if not key.startswith("visual.")):
+        digest.update(name.encode("utf-8"))
+        digest.update(state[name].detach().cpu().to(torch.float16).contiguous().numpy().tobytes())
+    return "text-sha256:" + digest.hexdigest()
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -255,6 +289,8 @@ def load_clip(
             source = str(checkpoint)
 
     model.eval().to(torch_device)
+    if dtype == torch.bfloat16:
+        model.visual.to(torch.bfloat16)
     size = model.visual.image_size
     image_size = (size, size) if isinstance(size, int) else tuple(size)
     return ClipModel(

@@ -1,12 +1,12 @@
 """Dense mode: one CLIP image-tower forward per frame instead of one per mask.
 
-The whole frame goes through the ViT once (positional embeddings resized to the frame's patch
-grid) up to its last block. The last block is then run once per mask for the class token only,
-with its attention restricted to the mask: the class token attends to itself and to the patches
-the mask covers, each patch weighted by the fraction of it inside the mask (MaskCLIP-style
-mask-restricted attention, training-free). The rest of the block, the final norm and the
-projection are CLIP's own, so each mask gets an embedding of the kind CLIP gives a crop, at the
-cost of one frame forward plus one attention row per mask.
+The whole frame goes through the ViT once, resized so that its short side spans a fixed number of
+patches (positional embeddings resized to that grid), up to its last block. The last block is then
+run once per mask for the class token only, with its attention restricted to the mask: the class
+token attends to itself and to the patches the mask covers, each patch weighted by the fraction of
+it inside the mask (MaskCLIP-style mask-restricted attention, training-free). The rest of the
+block, the final norm and the projection are CLIP's own, so each mask gets an embedding of the kind
+CLIP gives a crop, at the cost of one frame forward plus one attention row per mask.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from ovseg_ros.engine.crops import normalize_image
 
 @dataclass
 class DenseConfig:
-    """short_side_scale: the frame's short side is resized to this many model input sizes."""
+    """short_side_patches: the frame is resized so that its short side spans this many patches
+    (the long side keeps the aspect ratio): 24 is 384 px for a ViT-B/16, 192 px for the tiny
+    CLIP's 8-px patches."""
 
-    short_side_scale: float = 1.5
+    short_side_patches: int = 24
 
 
 def resized_positional_embedding(visual: torch.nn.Module, grid: tuple[int, int]) -> torch.Tensor:
@@ -92,18 +94,17 @@ class DenseFeatureExtractor:
 
     def frame_tokens(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """image: (H, W, 3) uint8 RGB -> (tokens entering the last block: (1, 1 + gh * gw, W),
-        (gh, gw) the patch grid). The frame's short side becomes short_side_scale input sizes,
-        both sides whole patches."""
+        (gh, gw) the patch grid, min(gh, gw) = short_side_patches)."""
         check_dense_support(self.clip)
         visual = self.clip.model.visual
         height, width = image.shape[:2]
         patch_h, patch_w = visual.patch_size
-        scale = self.config.short_side_scale * min(self.clip.image_size) / min(height, width)
-        grid = (max(1, round(height * scale / patch_h)), max(1, round(width * scale / patch_w)))
+        scale = self.config.short_side_patches / min(height, width)
+        grid = (max(1, round(height * scale)), max(1, round(width * scale)))
         frame = normalize_image(image, self.clip.mean, self.clip.std, self.clip.device)
         frame = F.interpolate(
             frame[None], (grid[0] * patch_h, grid[1] * patch_w), mode="bicubic", align_corners=False
-        )
+        ).to(self.clip.image_input_dtype)
         with self.clip.autocast():
             x = visual.conv1(frame).flatten(2).transpose(1, 2)
             cls = visual.class_embedding.to(x.dtype).expand(1, 1, -1)

@@ -17,7 +17,7 @@ from ovseg_ros.engine.classify import (
     CropClassifier,
     clip_probabilities,
     ensemble_probabilities,
-    nonempty_masks,
+    usable_masks,
 )
 from ovseg_ros.engine.clip_model import ClipModel, load_clip
 from ovseg_ros.engine.dense import DenseFeatureExtractor
@@ -40,6 +40,8 @@ class SegmenterConfig:
     mask_threshold: proposal masks are binarised at mask > threshold for the crops, in [0, 1).
     unlabeled_threshold: pixels whose best normalised class score is below it are UNLABELED,
         in [0, 1]; 0 labels every pixel some proposal covers.
+    min_proposal_area: proposals with fewer pixels once binarised are dropped before stage 2
+        (a crop of a few pixels says nothing); >= 1.
     batch_size: most crops per CLIP image forward (bounds memory).
     min_segment_area: smallest segment, in pixels, listed in Segmentation.segments.
     ensemble_weight: lambda of the geometric ensemble with proposal class scores (used only
@@ -50,6 +52,7 @@ class SegmenterConfig:
 
     mask_threshold: float = 0.5
     unlabeled_threshold: float = 0.0
+    min_proposal_area: int = 16
     batch_size: int = 32
     min_segment_area: int = 16
     ensemble_weight: float = 0.8
@@ -165,12 +168,14 @@ class TwoStageSegmenter:
         lap("proposals")
         masks = proposals.masks.to(self.clip.device)
         if config.classifier == "dense":
-            binary, kept = nonempty_masks(masks, config.mask_threshold)
+            binary, kept = usable_masks(masks, config.mask_threshold, config.min_proposal_area)
             kept = kept.cpu()
             lap("crops")
             embeddings = self.dense.mask_embeddings(image, binary)
         elif config.classifier == "crop":
-            crops = self.classifier.make_crops(image, masks, config.mask_threshold)
+            crops = self.classifier.make_crops(
+                image, masks, config.mask_threshold, config.min_proposal_area
+            )
             kept = crops.kept
             lap("crops")
             embeddings = self.classifier.embed(crops.crops, config.batch_size)[crops.inverse]

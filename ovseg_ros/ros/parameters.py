@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
+from ovseg_ros.engine.clip_model import DEVICES, PRECISIONS
+
 
 @dataclass
 class SegmenterParameters:
@@ -31,6 +33,7 @@ class SegmenterParameters:
     mask_threshold: float
     unlabeled_threshold: float
     min_segment_area: int
+    min_proposal_area: int
     max_rate_hz: float
     max_age_s: float
     overlay_alpha: float
@@ -56,6 +59,7 @@ DEFAULTS = SegmenterParameters(
     mask_threshold=0.5,
     unlabeled_threshold=0.0,
     min_segment_area=16,
+    min_proposal_area=16,
     max_rate_hz=0.0,
     max_age_s=1.0,
     overlay_alpha=0.5,
@@ -73,6 +77,7 @@ DYNAMIC = {
     "ensemble_weight",
     "classifier",
     "min_segment_area",
+    "min_proposal_area",
     "max_rate_hz",
     "max_age_s",
     "overlay_alpha",
@@ -101,7 +106,11 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
         {},
     ),
     "device": ("auto | cuda | cpu.", {}),
-    "precision": ("auto | fp16 | fp32 (fp16 on CUDA only).", {}),
+    "precision": (
+        "auto | fp16 | bf16 | fp32: auto is fp16 on CUDA, bf16 on a CPU with native bf16 "
+        "(AVX512-BF16 or AMX), else fp32; fp16 is CUDA only, bf16 CPU only.",
+        {},
+    ),
     "max_classes": (
         "Largest vocabulary accepted.",
         {"integer_range": [IntegerRange(from_value=1, to_value=65534, step=1)]},
@@ -137,6 +146,10 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
         "Segments smaller than this many pixels are left out of ~/result's segment list.",
         {"integer_range": [IntegerRange(from_value=1, to_value=1 << 30, step=1)]},
     ),
+    "min_proposal_area": (
+        "Proposals with fewer pixels than this (once binarised) are dropped before CLIP.",
+        {"integer_range": [IntegerRange(from_value=1, to_value=1 << 30, step=1)]},
+    ),
     "max_rate_hz": (
         "Most frames processed per second; 0 = as fast as possible.",
         {"floating_point_range": [FloatingPointRange(from_value=0.0, to_value=1000.0, step=0.0)]},
@@ -159,8 +172,8 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
 
 CHOICES = {
     "classifier": ("crop", "dense"),
-    "device": ("auto", "cuda", "cpu"),
-    "precision": ("auto", "fp16", "fp32"),
+    "device": DEVICES,
+    "precision": PRECISIONS,
     "input_transport": ("raw", "compressed"),
     "input_reliability": ("best_effort", "reliable"),
 }

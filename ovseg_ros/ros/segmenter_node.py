@@ -207,6 +207,7 @@ class SegmenterNode(Node):
         config.mask_threshold = p.mask_threshold
         config.unlabeled_threshold = p.unlabeled_threshold
         config.min_segment_area = p.min_segment_area
+        config.min_proposal_area = p.min_proposal_area
         config.ensemble_weight = p.ensemble_weight
         config.classifier = p.classifier
 
