@@ -136,3 +136,10 @@ def test_bf16_labels_agree_with_fp32_on_held_out_scenes(classifier):
         same += int((labels["fp32"] == labels["bf16"]).sum())
         total += labels["fp32"].size
     assert same / total >= 0.995
+
+
+def test_a_torch_without_the_cpu_probes_keeps_fp32(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert not clip_model.cpu_has_native_bf16()
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32

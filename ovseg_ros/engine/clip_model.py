@@ -102,8 +102,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 matrix products in hardware (AVX512-BF16 or AMX)."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    """Whether this CPU computes bfloat16 matrix products in hardware (AVX512-BF16 or AMX).
+
+    Asks torch's CPU probes (private API); a torch without them counts as no."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
