@@ -53,6 +53,7 @@ class BenchSettings:
     proposals: int = 100
     proposal_generator: str = "superpixel"
     classifier: str = "crop"
+    compile_image_tower: bool = False
     iterations: int = 5
     warmup: int = 1
 
@@ -175,6 +176,7 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
         proposal_generator=settings.proposal_generator,
         max_proposals=settings.proposals,
         random_weights=not (settings.pretrained or settings.checkpoint),
+        compile_image_tower=settings.compile_image_tower,
     )
     segmenter.config.classifier = settings.classifier
     segmenter.proposals = PaddedProposals(segmenter.proposals, settings.proposals)
@@ -254,7 +256,7 @@ def format_report(
             s.model,
             s.classifier,
             s.device,
-            f"{s.precision} ({result.dtype})",
+            f"{s.precision} ({result.dtype})" + (", compiled" if s.compile_image_tower else ""),
             f"{s.width}x{s.height}",
             f"{result.proposals_per_frame:.0f}",
         ]
@@ -349,6 +351,7 @@ def run_node_benchmark(settings: BenchSettings) -> StageTiming:
             "checkpoint": checkpoint,
             "device": settings.device,
             "precision": settings.precision,
+            "compile_image_tower": settings.compile_image_tower,
             "max_proposals": settings.proposals,
             "classifier": settings.classifier,
             "vocabulary": VOCABULARY,

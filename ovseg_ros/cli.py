@@ -82,6 +82,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "repeatable (default: single for the tiny model, else vild14)",
     )
     group.add_argument(
+        "--compile", action="store_true", help="torch.compile the CLIP image tower (crop path)"
+    )
+    group.add_argument(
         "--proposals",
         default=DEFAULT_PROPOSAL_GENERATOR,
         choices=proposal_generator_names(),
@@ -136,6 +139,7 @@ def _build(args: argparse.Namespace) -> TwoStageSegmenter:
         max_proposals=args.max_proposals,
         config=config,
         proposal_checkpoint=args.proposal_checkpoint,
+        compile_image_tower=args.compile,
     )
 
 
@@ -264,6 +268,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 proposals=args.proposals,
                 proposal_generator=args.proposal_generator,
                 classifier=classifier,
+                compile_image_tower=args.compile,
                 iterations=args.iterations,
                 warmup=args.warmup,
             )
@@ -312,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--checkpoint", help="local weights file (default: random weights)")
     bench.add_argument("--device", default="auto", choices=DEVICES)
     bench.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS)
+    bench.add_argument(
+        "--compile", action="store_true", help="torch.compile the CLIP image tower (crop path)"
+    )
     bench.add_argument("--size", default="640x480", help="frame WIDTHxHEIGHT (%(default)s)")
     bench.add_argument("--proposals", type=int, default=100, help="masks per frame (%(default)s)")
     bench.add_argument(

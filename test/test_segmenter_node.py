@@ -275,7 +275,7 @@ def test_overlay_not_rendered_without_subscriber(harness):
 
 
 def test_stale_frames_are_dropped_and_counted(ros_context):
-    h = Harness(ros_context, max_age_s=0.5)
+    h = Harness(ros_context, max_age_s=5.0)  # the first frame is decades old, the second fresh
     try:
         h.wait_connected()
         _, msg = _scene_image(1_000_007, stamp_sec=1)

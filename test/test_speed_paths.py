@@ -143,3 +143,26 @@ def test_a_torch_without_the_cpu_probes_keeps_fp32(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     assert not clip_model.cpu_has_native_bf16()
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+
+
+@pytest.mark.slow
+def test_compiled_image_tower_gives_the_eager_labels():
+    """torch.compile (inductor, C++ on the CPU) of the crop path: same embeddings, same labels."""
+    segmenters = [
+        build_segmenter(
+            TINY_MODEL,
+            checkpoint=TINY_CHECKPOINT,
+            device="cpu",
+            precision="fp32",
+            compile_image_tower=compiled,
+        )
+        for compiled in (False, True)
+    ]
+    assert type(segmenters[1].clip.model.visual).__name__ == "OptimizedModule"
+    vocabulary = VocabularyEncoder(segmenters[0].clip).encode(toy_world.shape_classes(), "single")
+    crops = torch.randn(5, 3, *segmenters[0].clip.image_size)
+    eager, compiled = (s.clip.encode_images(crops) for s in segmenters)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    image = toy_world.generate_scene(toy_world.EVAL_SEEDS.start).image
+    labels = [s.segment(image, vocabulary).labels for s in segmenters]
+    assert np.array_equal(labels[0], labels[1])

@@ -240,11 +240,15 @@ def load_clip(
     device: str = "auto",
     precision: str = "auto",
     random_weights: bool = False,
+    compile_image_tower: bool = False,
 ) -> ClipModel:
     """Builds an open_clip model and loads its weights.
 
     Exactly one weight source: `pretrained` (an open_clip tag such as 'openai', downloaded and
     cached by open_clip), `checkpoint` (a local file), or `random_weights=True` (benchmarks only).
+    compile_image_tower: wrap the image tower's forward (the crop path) in torch.compile with
+    dynamic batch sizes; the first frames pay the compilation (tens of seconds), which needs a
+    C++ compiler on the CPU and Triton on CUDA.
     """
     if model_name not in open_clip.list_models():
         raise ValueError(
@@ -294,6 +298,8 @@ def load_clip(
     model.eval().to(torch_device)
     if dtype == torch.bfloat16:
         model.visual.to(torch.bfloat16)
+    if compile_image_tower:
+        model.visual = torch.compile(model.visual, dynamic=True)
     size = model.visual.image_size
     image_size = (size, size) if isinstance(size, int) else tuple(size)
     return ClipModel(

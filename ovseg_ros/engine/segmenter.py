@@ -227,6 +227,7 @@ def build_segmenter(
     config: SegmenterConfig | None = None,
     random_weights: bool = False,
     proposal_checkpoint: str | Path | None = None,
+    compile_image_tower: bool = False,
 ) -> TwoStageSegmenter:
     """Loads CLIP (clip_model.load_clip: exactly one of pretrained, checkpoint, random_weights)
     and builds the named proposal generator capped at max_proposals masks per image.
@@ -241,6 +242,7 @@ def build_segmenter(
         device=device,
         precision=precision,
         random_weights=random_weights,
+        compile_image_tower=compile_image_tower,
     )
     settings: dict[str, object] = {"max_proposals": max_proposals}
     if proposal_generator == "maskformer":

@@ -24,6 +24,7 @@ class SegmenterParameters:
     checkpoint: str
     device: str
     precision: str
+    compile_image_tower: bool
     max_classes: int
     proposal_generator: str
     proposal_checkpoint: str
@@ -50,6 +51,7 @@ DEFAULTS = SegmenterParameters(
     checkpoint="",
     device="auto",
     precision="auto",
+    compile_image_tower=False,
     max_classes=1000,
     proposal_generator="superpixel",
     proposal_checkpoint="",
@@ -109,6 +111,11 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
     "precision": (
         "auto | fp16 | bf16 | fp32: auto is fp16 on CUDA, bf16 on a CPU with native bf16 "
         "(AVX512-BF16 or AMX), else fp32; fp16 is CUDA only, bf16 CPU only.",
+        {},
+    ),
+    "compile_image_tower": (
+        "torch.compile the CLIP image tower (crop classifier); the first frames pay the "
+        "compilation.",
         {},
     ),
     "max_classes": (

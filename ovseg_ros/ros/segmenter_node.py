@@ -74,6 +74,7 @@ class SegmenterNode(Node):
             checkpoint=p.checkpoint or None,
             device=p.device,
             precision=p.precision,
+            compile_image_tower=p.compile_image_tower,
             proposal_generator=p.proposal_generator,
             max_proposals=p.max_proposals,
             proposal_checkpoint=p.proposal_checkpoint or None,
