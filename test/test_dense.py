@@ -13,6 +13,7 @@ from ovseg_ros.engine.dense import (
     DenseConfig,
     DenseFeatureExtractor,
     mask_attention_class_tokens,
+    patch_shares,
     resized_positional_embedding,
 )
 
@@ -81,3 +82,20 @@ def test_dense_mode_gives_one_unit_embedding_per_mask(tiny_clip):
     assert embeddings.shape == (3, tiny_clip.embed_dim)
     torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(3))
     assert not torch.allclose(embeddings[0], embeddings[1])
+
+
+def test_frame_short_side_spans_the_configured_patches_at_any_resolution(tiny_clip):
+    extractor = DenseFeatureExtractor(tiny_clip, DenseConfig(short_side_patches=24))
+    for height, width in ((240, 320), (480, 640), (320, 240)):
+        image = np.zeros((height, width, 3), np.uint8)
+        tokens, grid = extractor.frame_tokens(image)
+        assert grid == ((24, 32) if width > height else (32, 24))
+        assert tokens.shape == (1, 1 + 24 * 32, tiny_clip.model.visual.conv1.out_channels)
+
+
+def test_patch_shares_are_each_cells_fraction_inside_the_mask():
+    masks = torch.zeros(1, 40, 60, dtype=torch.bool)  # a 2 x 3 grid of 20 x 20 cells
+    masks[0, :, :30] = True  # column 0 whole, half of column 1
+    masks[0, :10, 30:40] = True  # another quarter of cell (0, 1)
+    shares = patch_shares(masks, (2, 3))
+    torch.testing.assert_close(shares, torch.tensor([[[1.0, 0.75, 0.0], [1.0, 0.5, 0.0]]]))

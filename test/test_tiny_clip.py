@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ovseg_ros.engine import toy_world
-from ovseg_ros.engine.clip_model import CheckpointMismatchError, ClipModel, load_clip
+from ovseg_ros.engine.clip_model import (
+    CheckpointMismatchError,
+    ClipModel,
+    load_clip,
+    text_tower_digest,
+)
 from ovseg_ros.engine.crops import masked_crops, normalize_image
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "ovseg-tiny-clip.safetensors"
@@ -114,3 +119,13 @@ def test_checkpoint_with_a_missing_tensor_is_refused(tmp_path):
     message = str(error.value)
     assert "missing (1): visual.proj" in message
     assert "unexpected (1): extra.weight" in message
+
+
+def test_text_tower_digest_sees_text_tensors_only():
+    state = load_file(CHECKPOINT)
+    digest = text_tower_digest(state)
+    assert digest.startswith("text-sha256:") and digest == text_tower_digest(dict(state))
+    image_changed = dict(state, **{"visual.proj": state["visual.proj"] + 1})
+    assert text_tower_digest(image_changed) == digest
+    text_changed = dict(state, text_projection=state["text_projection"] + 1)
+    assert text_tower_digest(text_changed) != digest

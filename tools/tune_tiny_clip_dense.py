@@ -11,7 +11,7 @@ the stand-in the property real CLIP has; it does not make the dense path itself 
 How: self-distillation. The step-1 model, frozen, is the teacher: for every mask of a training
 scene its crop embedding (the crop path, crops.masked_crops) is the target of the student's
 dense embedding of that mask, computed by the engine's own dense code (DenseFeatureExtractor
-.frame_tokens and mask_attention_class_tokens) on the whole scene. Masks: each visible shape, a
+.frame_tokens and .share_embeddings) on the whole scene. Masks: each visible shape, a
 perturbed copy, the background, a part of it (as in step 1), and real stage-1 proposals
 (superpixel grouping) of the scene, mixed regions included, whose only target is the teacher's.
 Losses: 1 - cosine to the teacher (dense), the class-name cross-entropy of step 1 on the labeled
@@ -40,7 +40,7 @@ from ovseg_ros.engine import toy_world
 from ovseg_ros.engine.classify import usable_masks
 from ovseg_ros.engine.clip_model import TINY_MODEL, ClipModel, default_checkpoint, load_clip
 from ovseg_ros.engine.crops import masked_crops, normalize_image
-from ovseg_ros.engine.dense import DenseFeatureExtractor, mask_attention_class_tokens
+from ovseg_ros.engine.dense import DenseFeatureExtractor, patch_shares
 from ovseg_ros.engine.proposals import build_proposal_generator
 
 TRAINING_TAG = "tune_tiny_clip_dense"
@@ -103,7 +103,7 @@ def scene_masks(
     crops = masked_crops(image, binary, teacher.image_size)
     return SceneMasks(
         image=scene.image,
-        shares=F.adaptive_avg_pool2d(binary.float()[None], grid)[0],
+        shares=patch_shares(binary, grid),
         crops=crops.half(),
         teacher=teacher.encode_images(crops).clone(),
         shapes=torch.tensor(shapes),
@@ -116,12 +116,10 @@ def dense_embeddings(
 ) -> torch.Tensor:
     """The dense path of engine/dense.py with gradients: image (H, W, 3) uint8, shares
     (N, gh, gw) on its patch grid -> (N, D) unit-norm embeddings."""
-    visual = extractor.clip.model.visual
     tokens, grid = extractor.frame_tokens(image)
     if tuple(shares.shape[1:]) != grid:
         raise ValueError(f"shares on a {tuple(shares.shape[1:])} grid, the frame's is {grid}")
-    x = mask_attention_class_tokens(visual.transformer.resblocks[-1], tokens, shares.flatten(1))
-    return F.normalize(visual.ln_post(x) @ visual.proj, dim=-1)
+    return extractor.share_embeddings(tokens, shares)
 
 
 def augment(scene: SceneMasks, rng: np.random.Generator) -> tuple[np.ndarray, torch.Tensor]:

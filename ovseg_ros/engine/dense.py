@@ -41,6 +41,12 @@ def resized_positional_embedding(visual: torch.nn.Module, grid: tuple[int, int])
     return torch.cat([embedding[:1], patches[0].flatten(1).T], dim=0)
 
 
+def patch_shares(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """masks: (N, H, W) bool or float in [0, 1] -> (N, gh, gw) float32, each cell of the
+    gh x gw patch grid's share inside each mask."""
+    return F.adaptive_avg_pool2d(masks.float()[None], grid)[0]
+
+
 def check_dense_support(clip: ClipModel) -> None:
     """Raises ValueError unless the image tower is an open_clip ViT with class-token pooling."""
     visual = clip.model.visual
@@ -115,19 +121,24 @@ class DenseFeatureExtractor:
                 x = block(x)
         return x, grid
 
-    @torch.inference_mode()
-    def mask_embeddings(self, image: np.ndarray, masks: torch.Tensor) -> torch.Tensor:
-        """image: (H, W, 3) uint8 RGB; masks: (N, H, W) bool or float in [0, 1], none empty
-        -> (N, D) float32 unit-norm embeddings."""
-        tokens, grid = self.frame_tokens(image)
+    def share_embeddings(self, tokens: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+        """tokens: (1, 1 + P, W) from frame_tokens; shares: (N, gh, gw) from patch_shares ->
+        (N, D) float32 unit-norm embeddings: the last block for the class token once per mask
+        (64 masks at a time), the final norm and the projection. Differentiable."""
         visual = self.clip.model.visual
-        shares = F.adaptive_avg_pool2d(masks.to(tokens.device).float()[None], grid)[0]
         embeddings = []
         with self.clip.autocast():
             for start in range(0, shares.shape[0], 64):
-                chunk = shares[start : start + 64].flatten(1)
+                chunk = shares[start : start + 64].flatten(1).to(tokens.device)
                 x = mask_attention_class_tokens(visual.transformer.resblocks[-1], tokens, chunk)
                 embeddings.append(visual.ln_post(x) @ visual.proj)
         if not embeddings:
             return torch.zeros((0, self.clip.embed_dim), device=self.clip.device)
         return F.normalize(torch.cat(embeddings).float(), dim=-1)
+
+    @torch.inference_mode()
+    def mask_embeddings(self, image: np.ndarray, masks: torch.Tensor) -> torch.Tensor:
+        """image: (H, W, 3) uint8 RGB; masks: (N, H, W) bool or float in [0, 1], none empty
+        -> (N, D) float32 unit-norm embeddings."""
+        tokens, grid = self.frame_tokens(image)
+        return self.share_embeddings(tokens, patch_shares(masks.to(tokens.device), grid))
