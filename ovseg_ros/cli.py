@@ -33,7 +33,12 @@ from ovseg_ros.engine.datasets import DatasetError, FolderDataset, ToyWorldDatas
 from ovseg_ros.engine.evaluate import evaluate, metrics_markdown
 from ovseg_ros.engine.proposals import DEFAULT_PROPOSAL_GENERATOR, proposal_generator_names
 from ovseg_ros.engine.render import render_overlay
-from ovseg_ros.engine.segmenter import SegmenterConfig, TwoStageSegmenter, build_segmenter
+from ovseg_ros.engine.segmenter import (
+    CLASSIFIERS,
+    SegmenterConfig,
+    TwoStageSegmenter,
+    build_segmenter,
+)
 from ovseg_ros.engine.vocabulary import VocabularyEncoder, parse_class_list
 
 
@@ -96,21 +101,23 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--classifier",
-        default="crop",
-        choices=("crop", "dense"),
+        default=SegmenterConfig.classifier,
+        choices=CLASSIFIERS,
         help="crop: one CLIP forward per mask (the paper); dense: one per frame (%(default)s)",
     )
-    group.add_argument("--mask-threshold", type=float, default=0.5, help="(%(default)s)")
+    group.add_argument(
+        "--mask-threshold", type=float, default=SegmenterConfig.mask_threshold, help="(%(default)s)"
+    )
     group.add_argument(
         "--min-proposal-area",
         type=int,
-        default=16,
+        default=SegmenterConfig.min_proposal_area,
         help="proposals with fewer pixels are dropped before CLIP (%(default)s)",
     )
     group.add_argument(
         "--unlabeled-threshold",
         type=float,
-        default=0.0,
+        default=SegmenterConfig.unlabeled_threshold,
         help="pixels scoring below it are left unlabeled (%(default)s)",
     )
 
@@ -327,9 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PROPOSAL_GENERATOR,
         choices=proposal_generator_names(),
     )
-    bench.add_argument(
-        "--classifier", nargs="+", default=["crop", "dense"], choices=("crop", "dense")
-    )
+    bench.add_argument("--classifier", nargs="+", default=list(CLASSIFIERS), choices=CLASSIFIERS)
     bench.add_argument("--iterations", type=int, default=3, help="timed frames (%(default)s)")
     bench.add_argument("--warmup", type=int, default=1, help="untimed frames first (%(default)s)")
     bench.add_argument("--node", action="store_true", help="also time the node over DDS")

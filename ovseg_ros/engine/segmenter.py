@@ -29,6 +29,9 @@ from ovseg_ros.engine.proposals import (
 from ovseg_ros.engine.segmentation import UNLABELED, Segmentation, extract_segments
 from ovseg_ros.engine.vocabulary import EncodedVocabulary
 
+CLASSIFIERS = ("crop", "dense")
+"""Stage-2 classifiers SegmenterConfig.classifier may name."""
+
 AGGREGATION_CHUNK = 1 << 24
 """Most class-score values (classes x pixels) held at once while aggregating."""
 

@@ -11,6 +11,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 
 from ovseg_ros.engine.clip_model import DEVICES, PRECISIONS
+from ovseg_ros.engine.segmenter import CLASSIFIERS, SegmenterConfig
 
 
 @dataclass
@@ -56,12 +57,12 @@ DEFAULTS = SegmenterParameters(
     proposal_generator="superpixel",
     proposal_checkpoint="",
     max_proposals=100,
-    classifier="crop",
-    ensemble_weight=0.8,
-    mask_threshold=0.5,
-    unlabeled_threshold=0.0,
-    min_segment_area=16,
-    min_proposal_area=16,
+    classifier=SegmenterConfig.classifier,
+    ensemble_weight=SegmenterConfig.ensemble_weight,
+    mask_threshold=SegmenterConfig.mask_threshold,
+    unlabeled_threshold=SegmenterConfig.unlabeled_threshold,
+    min_segment_area=SegmenterConfig.min_segment_area,
+    min_proposal_area=SegmenterConfig.min_proposal_area,
     max_rate_hz=0.0,
     max_age_s=1.0,
     overlay_alpha=0.5,
@@ -178,7 +179,7 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
 }
 
 CHOICES = {
-    "classifier": ("crop", "dense"),
+    "classifier": CLASSIFIERS,
     "device": DEVICES,
     "precision": PRECISIONS,
     "input_transport": ("raw", "compressed"),
