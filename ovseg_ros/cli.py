@@ -235,6 +235,9 @@ def run_eval(args: argparse.Namespace) -> int:
         "dataset": args.dataset,
         "model": f"{segmenter.clip.name} ({segmenter.clip.source})",
         "device": str(segmenter.clip.device),
+        "precision": f"{args.precision} ({segmenter.clip.dtype_name})"
+        + (", compiled" if args.compile else ""),
+        "classifier": args.classifier,
         "templates": ", ".join(templates),
         "proposals": f"{args.proposals}, at most {args.max_proposals}",
         "mask_threshold": args.mask_threshold,

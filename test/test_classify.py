@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny_model import TINY_MODEL
 
 from ovseg_ros.engine.classify import (
@@ -19,6 +20,7 @@ from ovseg_ros.engine.classify import (
     usable_masks,
 )
 from ovseg_ros.engine.clip_model import load_clip
+from ovseg_ros.engine.crops import mask_boxes, masked_crops
 
 MEAN = (0.5, 0.25, 0.125)
 STD = (0.5, 0.25, 0.5)
@@ -107,6 +109,77 @@ def test_all_empty_masks_give_no_crops():
     result = CropClassifier(_fake_clip((4, 4))).make_crops(image, torch.zeros((2, 3, 3)), 0.5)
     assert result.crops.shape == (0, 3, 4, 4)
     assert result.kept.tolist() == []
+
+
+def _reference_crops(image: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]):
+    """The per-mask algorithm masked_crops batches: tight box, mask, F.interpolate."""
+    crops = []
+    for mask in masks:
+        ys, xs = mask.nonzero(as_tuple=True)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        region = image[:, y0:y1, x0:x1] * mask[y0:y1, x0:x1]
+        crops.append(F.interpolate(region[None], size=size, mode="bicubic", align_corners=False))
+    return torch.cat(crops)
+
+
+def _random_masks(height: int, width: int, boxes: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """(N, height, width) bool: random pixels in each (x0, y0, x1, y1) box, its corners set, so
+    the box is the mask's tight box."""
+    generator = torch.Generator().manual_seed(1)
+    masks = torch.zeros((len(boxes), height, width), dtype=torch.bool)
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes, strict=True):
+        mask[y0:y1, x0:x1] = torch.rand((y1 - y0, x1 - x0), generator=generator) < 0.6
+        mask[[y0, y0, y1 - 1, y1 - 1], [x0, x1 - 1, x0, x1 - 1]] = True
+    return masks
+
+
+# A 30 x 44 image: a 1 x 1 box, 1 pixel wide and 1 pixel tall boxes, the full image, small and
+# large boxes, boxes on the right and bottom edges.
+CROP_BOXES = [
+    (5, 7, 6, 8),
+    (3, 2, 4, 25),
+    (10, 12, 40, 13),
+    (0, 0, 44, 30),
+    (20, 4, 26, 9),
+    (2, 1, 41, 29),
+    (30, 10, 44, 30),
+    (0, 22, 9, 30),
+]
+
+
+@pytest.mark.parametrize("size", [(16, 24), (7, 5), (40, 9)])
+def test_masked_crops_match_per_mask_bicubic_resize(size):
+    image = torch.rand((3, 30, 44), generator=torch.Generator().manual_seed(0)) * 4 - 2
+    masks = _random_masks(30, 44, CROP_BOXES)
+    crops = masked_crops(image, masks, size)
+    assert crops.shape == (len(CROP_BOXES), 3, *size) and crops.dtype == torch.float32
+    torch.testing.assert_close(crops, _reference_crops(image, masks, size), rtol=0, atol=1e-4)
+
+
+def test_masked_crops_in_chunks_equal_one_chunk():
+    image = torch.rand((3, 30, 44), generator=torch.Generator().manual_seed(2)) * 4 - 2
+    masks = _random_masks(30, 44, CROP_BOXES[1:])  # 7 masks: chunks of 3, 3 and 1
+    whole = masked_crops(image, masks, (12, 10), chunk=len(masks))
+    torch.testing.assert_close(masked_crops(image, masks, (12, 10), chunk=3), whole)
+    torch.testing.assert_close(masked_crops(image, masks, (12, 10), chunk=1), whole)
+    torch.testing.assert_close(whole, _reference_crops(image, masks, (12, 10)), rtol=0, atol=1e-4)
+
+
+def test_masked_crops_reject_an_empty_mask_and_take_no_masks():
+    image = torch.zeros((3, 6, 8))
+    masks = _random_masks(6, 8, [(1, 1, 4, 5), (0, 0, 8, 6)])
+    masks[1] = False
+    with pytest.raises(ValueError, match="empty mask"):
+        masked_crops(image, masks, (4, 4))
+    with pytest.raises(ValueError, match="chunk"):
+        masked_crops(image, masks[:1], (4, 4), chunk=0)
+    assert masked_crops(image, masks[:0], (4, 5)).shape == (0, 3, 4, 5)
+
+
+def test_mask_boxes_are_tight_and_zero_for_empty_masks():
+    masks = _random_masks(30, 44, CROP_BOXES)
+    masks = torch.cat([masks, torch.zeros((1, 30, 44), dtype=torch.bool)])
+    assert mask_boxes(masks).tolist() == [list(box) for box in CROP_BOXES] + [[0, 0, 0, 0]]
 
 
 def test_embed_runs_bounded_batches():

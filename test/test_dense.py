@@ -10,6 +10,7 @@ from tiny_model import TINY_CHECKPOINT, TINY_MODEL
 from ovseg_ros.engine.clip_model import load_clip
 from ovseg_ros.engine.crops import normalize_image
 from ovseg_ros.engine.dense import (
+    SHARE_CHUNK,
     DenseConfig,
     DenseFeatureExtractor,
     mask_attention_class_tokens,
@@ -99,3 +100,14 @@ def test_patch_shares_are_each_cells_fraction_inside_the_mask():
     masks[0, :10, 30:40] = True  # another quarter of cell (0, 1)
     shares = patch_shares(masks, (2, 3))
     torch.testing.assert_close(shares, torch.tensor([[[1.0, 0.75, 0.0], [1.0, 0.5, 0.0]]]))
+
+
+def test_patch_shares_of_many_masks_are_pooled_block_by_block_like_one_at_a_time():
+    masks = (
+        torch.rand(2 * SHARE_CHUNK + 3, 30, 41, generator=torch.Generator().manual_seed(0)) > 0.5
+    )
+    shares = patch_shares(masks, (4, 5))
+    assert shares.shape == (2 * SHARE_CHUNK + 3, 4, 5)
+    expected = torch.nn.functional.adaptive_avg_pool2d(masks.float(), (4, 5))
+    torch.testing.assert_close(shares, expected, rtol=0, atol=0)
+    assert patch_shares(masks[:0], (4, 5)).shape == (0, 4, 5)

@@ -150,7 +150,7 @@ def test_default_generator_finds_the_objects_and_the_textured_background():
     image, disc, rectangle = _scene()
     proposals = build_proposal_generator("superpixel")(image)
     masks = proposals.masks
-    assert masks.dtype == torch.float32 and masks.shape[1:] == (120, 160)
+    assert masks.dtype == torch.bool and masks.shape[1:] == (120, 160)
     assert set(torch.unique(masks).tolist()) <= {0.0, 1.0}
     assert proposals.weights is not None and (proposals.weights > 0).all()
     assert proposals.class_scores is None

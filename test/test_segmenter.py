@@ -80,15 +80,23 @@ def test_aggregation_of_soft_masks_normalises_by_coverage():
     assert scores[0, 0] == pytest.approx(0.4 / 0.75)
 
 
-def test_aggregation_in_chunks_matches_one_einsum(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
+def test_aggregation_in_chunks_matches_one_einsum(monkeypatch, dtype):
     torch.manual_seed(1)
-    masks = (torch.rand(6, 9, 7) > 0.5).float()
+    masks = torch.rand(6, 9, 7) > 0.5
     probabilities = torch.rand(6, 5).softmax(dim=1)
-    whole = aggregate_scores(probabilities, masks)
-    monkeypatch.setattr("ovseg_ros.engine.segmenter.AGGREGATION_CHUNK", 5 * 7 * 2)
-    chunked = aggregate_scores(probabilities, masks)
-    np.testing.assert_array_equal(whole[0], chunked[0])
-    np.testing.assert_allclose(whole[1], chunked[1], atol=1e-6)
+    weights = torch.rand(6) + 0.5
+    semseg = torch.einsum("qc,qhw->chw", probabilities * weights[:, None], masks.float())
+    coverage = torch.einsum("q,qhw->hw", weights, masks.float())
+    best, expected = semseg.max(dim=0)
+    expected[coverage == 0] = UNLABELED
+    for chunk in (1 << 22, 6 * 7 * 2):  # the whole image at once, then two rows at a time
+        monkeypatch.setattr("ovseg_ros.engine.segmenter.AGGREGATION_CHUNK", chunk)
+        labels, scores = aggregate_scores(probabilities, masks.to(dtype), weights)
+        np.testing.assert_array_equal(labels, expected.numpy())
+        np.testing.assert_allclose(
+            scores, (best / coverage.clamp(min=1e-12)).numpy() * (coverage > 0).numpy(), atol=1e-6
+        )
 
 
 @pytest.mark.parametrize(

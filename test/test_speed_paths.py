@@ -9,7 +9,7 @@ import torch
 from tiny_model import TINY_CHECKPOINT, TINY_MODEL
 
 from ovseg_ros.engine import clip_model, toy_world
-from ovseg_ros.engine.classify import CropClassifier, unique_masks
+from ovseg_ros.engine.classify import CropClassifier, mask_areas, unique_masks, usable_masks
 from ovseg_ros.engine.clip_model import load_clip, resolve_dtype
 from ovseg_ros.engine.proposals import build_proposal_generator
 from ovseg_ros.engine.segmenter import SegmenterConfig, TwoStageSegmenter, build_segmenter
@@ -19,6 +19,25 @@ from ovseg_ros.engine.vocabulary import VocabularyEncoder
 @pytest.fixture(scope="module")
 def tiny_clip():
     return load_clip(TINY_MODEL, checkpoint=TINY_CHECKPOINT, device="cpu", precision="fp32")
+
+
+def test_mask_areas_on_the_cpu_count_what_torch_counts():
+    masks = torch.rand(7, 33, 45, generator=torch.Generator().manual_seed(3)) > 0.6
+    masks[2] = False
+    masks[4] = True
+    areas = mask_areas(masks)
+    assert areas.dtype == torch.int64
+    assert torch.equal(areas, masks.flatten(1).sum(dim=1))
+    assert areas[2] == 0 and areas[4] == 33 * 45
+
+
+def test_bool_proposals_are_used_as_they_are_and_soft_ones_thresholded():
+    soft = torch.tensor([[[0.2, 0.9], [0.6, 0.4]], [[0.1, 0.3], [0.2, 0.0]]])
+    binary, kept = usable_masks(soft, 0.5)
+    assert kept.tolist() == [0] and binary.tolist() == [[[False, True], [True, False]]]
+    hard = soft > 0.15  # a threshold above 0.15 would drop pixels of both masks
+    binary, kept = usable_masks(hard, 0.5)
+    assert kept.tolist() == [0, 1] and torch.equal(binary, hard)
 
 
 def test_unique_masks_merges_only_identical_masks():

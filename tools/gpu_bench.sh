@@ -5,8 +5,9 @@
 # Wheels of the rest (open_clip_torch, ftfy, wcwidth) may lie in .whl/ for machines without a
 # package index:  pip download --no-deps -d .whl open_clip_torch==3.3.0 ftfy wcwidth
 # Writes OUT_DIR/bench.md and bench.json: crop and dense modes, ViT-B-16 with random weights,
-# 640x480, 100 proposals, fp16 and fp32, on the same GPU in one run; then fp16 with torch.compile
-# into OUT_DIR/compiled.
+# 640x480, 100 proposals, fp16 and fp32, on the same GPU in one run; then toy-world quality (tiny
+# CLIP, 50 scenes, both vocabularies) in fp16 and fp32 for both modes into OUT_DIR/quality.md;
+# then fp16 with torch.compile into OUT_DIR/compiled.
 set -euo pipefail
 out=${1:-out/gpu_bench}
 cd "$(dirname "$0")/.."
@@ -18,7 +19,32 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -m ovseg_ros.cli bench --model ViT-B-16 --device cuda --size 640x480 --proposals 100 \
   --classifier crop dense --precision fp16 fp32 --iterations 20 --warmup 3 --out "$out"
-# The same in fp16 with the image tower under torch.compile (needs Triton); optional.
-python3 -m ovseg_ros.cli bench --model ViT-B-16 --device cuda --size 640x480 --proposals 100 \
-  --classifier crop dense --precision fp16 --compile --iterations 20 --warmup 3 \
+# Toy-world quality on the GPU: does fp16 label as well as fp32?
+for classifier in crop dense; do
+  for precision in fp16 fp32; do
+    for vocabulary in shape color; do
+      python3 -m ovseg_ros.cli eval "toy:$vocabulary" --limit 50 --device cuda \
+        --precision "$precision" --classifier "$classifier" \
+        --out "$out/eval/$classifier-$precision-$vocabulary" >/dev/null 2>>"$out/eval.log"
+    done
+  done
+done
+python3 - "$out" <<'EOF'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+lines = ["| classifier | precision | dataset | mIoU % | pixel accuracy % | ms/frame |",
+         "|---|---|---|---|---|---|"]
+for path in sorted(out.glob("eval/*/metrics.json")):
+    report = json.loads(path.read_text())
+    s, m = report["settings"], report["metrics"]
+    total = sum(report["mean_timings_ms"].values())
+    lines.append(f"| {s['classifier']} | {s['precision']} | {s['dataset']} "
+                 f"| {100 * m['miou']:.1f} | {100 * m['pixel_accuracy']:.1f} | {total:.1f} |")
+(out / "quality.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
+# The same in fp16 with the image tower under torch.compile (needs Triton); optional,
+# last, and bounded to 200 s.
+timeout 200 python3 -m ovseg_ros.cli bench --model ViT-B-16 --device cuda --size 640x480 \
+  --proposals 100 --classifier crop dense --precision fp16 --compile --iterations 20 --warmup 3 \
   --out "$out/compiled" || echo "torch.compile run failed; the figures above stand"

@@ -16,28 +16,41 @@ import numpy as np
 import torch
 
 from ovseg_ros.engine.clip_model import ClipModel
-from ovseg_ros.engine.crops import masked_crops, normalize_image
+from ovseg_ros.engine.crops import crop_chunk, masked_crops, normalize_image
 
 TEMPERATURE = 100.0
 """CLIP's logit scale: logits = TEMPERATURE * cosine similarity."""
 
 
 def binarize_masks(masks: torch.Tensor, threshold: float) -> torch.Tensor:
-    """masks: (N, H, W) float in [0, 1] -> (N, H, W) bool, True where mask > threshold."""
-    return masks > threshold
+    """masks: (N, H, W) float in [0, 1] -> (N, H, W) bool, True where mask > threshold; bool
+    masks are already binary and come back as they are."""
+    return masks if masks.dtype == torch.bool else masks > threshold
+
+
+def mask_areas(binary: torch.Tensor) -> torch.Tensor:
+    """binary: (N, H, W) bool -> (N,) int64 pixels per mask, on binary's device.
+
+    On the CPU numpy sums the bytes: torch's reductions of bool tensors there are about ten
+    times slower (70 ms against 4 ms for 100 masks of 640x480 on 2 cores).
+    """
+    if binary.device.type != "cpu":
+        return binary.flatten(1).sum(dim=1)
+    rows = binary.reshape(binary.shape[0], -1).numpy().view(np.uint8)
+    return torch.from_numpy(np.add.reduce(rows, axis=1, dtype=np.int32).astype(np.int64))
 
 
 def usable_masks(
     masks: torch.Tensor, threshold: float, min_area: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """masks: (N, H, W) float in [0, 1] -> (binary: (K, H, W) bool, the masks that keep at least
-    min_area pixels once binarised (binarize_masks), min_area taken in [1, H * W] so that a mask
-    of the whole image always counts; kept: (K,) int64, their indices into masks, on the masks'
-    device)."""
+    """masks: (N, H, W) bool or float in [0, 1] -> (binary: (K, H, W) bool, the masks that keep
+    at least min_area pixels once binarised (binarize_masks), min_area taken in [1, H * W] so
+    that a mask of the whole image always counts; kept: (K,) int64, their indices into masks, on
+    the masks' device)."""
     binary = binarize_masks(masks, threshold)
     least = min(max(1, min_area), masks.shape[1] * masks.shape[2])
-    kept = (binary.flatten(1).sum(dim=1) >= least).nonzero().flatten()
-    return binary[kept], kept
+    kept = (mask_areas(binary) >= least).nonzero().flatten()
+    return (binary if len(kept) == len(binary) else binary[kept]), kept
 
 
 def clip_probabilities(
@@ -123,12 +136,17 @@ class CropClassifier:
     def make_crops(
         self, image: np.ndarray, masks: torch.Tensor, mask_threshold: float, min_area: int = 1
     ) -> MaskCrops:
-        """image: (H, W, 3) uint8 RGB; masks: (N, H, W) float in [0, 1] -> MaskCrops of the masks
-        with at least min_area pixels once binarised."""
+        """image: (H, W, 3) uint8 RGB; masks: (N, H, W) bool or float in [0, 1] -> MaskCrops of
+        the masks with at least min_area pixels once binarised."""
         binary, kept = usable_masks(masks.to(self.clip.device), mask_threshold, min_area)
         first, inverse = unique_masks(binary)
         normalized = normalize_image(image, self.clip.mean, self.clip.std, self.clip.device)
-        crops = masked_crops(normalized, binary[first.to(kept.device)], self.clip.image_size)
+        crops = masked_crops(
+            normalized,
+            binary[first.to(kept.device)],
+            self.clip.image_size,
+            chunk=crop_chunk(self.clip.device),
+        )
         return MaskCrops(crops=crops, kept=kept.cpu(), inverse=inverse.to(self.clip.device))
 
     def embed(self, crops: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -70,6 +70,11 @@ class ClipModel:
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=enabled)
 
     @property
+    def dtype_name(self) -> str:
+        """The image tower's compute dtype as a word: "float16", "bfloat16" or "float32"."""
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
     def image_input_dtype(self) -> torch.dtype:
         """The dtype the image tower's weights are stored in (what its input must be cast to)."""
         return self.model.visual.conv1.weight.dtype

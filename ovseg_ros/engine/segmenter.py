@@ -32,8 +32,9 @@ from ovseg_ros.engine.vocabulary import EncodedVocabulary
 CLASSIFIERS = ("crop", "dense")
 """Stage-2 classifiers SegmenterConfig.classifier may name."""
 
-AGGREGATION_CHUNK = 1 << 24
-"""Most class-score values (classes x pixels) held at once while aggregating."""
+AGGREGATION_CHUNK = 1 << 22
+"""Most values (masks or classes, whichever are more, x pixels) per block of image rows while
+aggregating: bounds memory and keeps a block in cache."""
 
 
 @dataclass
@@ -94,7 +95,8 @@ def aggregate_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel labels from per-mask class probabilities.
 
-    probabilities: (N, C) in [0, 1]; masks: (N, H, W) in [0, 1]; weights: (N,) > 0 or None (1).
+    probabilities: (N, C) in [0, 1]; masks: (N, H, W) bool or float in [0, 1]; weights: (N,) > 0
+    or None (1).
     semseg[c, h, w] = sum_q w_q p[q, c] mask_q[h, w] (the paper's einsum, with weights);
     label = argmax_c semseg. Overlapping masks are normalised by the pixel's coverage
     sum_q w_q mask_q[h, w]: score = semseg[label] / coverage, the weighted mean of the covering
@@ -103,20 +105,23 @@ def aggregate_scores(
     unlabeled_threshold; scores: (H, W) float32, 0 where uncovered.
     """
     height, width = masks.shape[1:]
-    masks = masks.float()
     weights = (
         torch.ones(masks.shape[0], device=masks.device)
         if weights is None
         else weights.to(masks.device).float()
     )
-    weighted = probabilities.to(masks.device).float() * weights[:, None]
-    coverage = torch.einsum("q,qhw->hw", weights, masks)
-    best = torch.zeros((height, width), device=masks.device)
-    labels = torch.zeros((height, width), dtype=torch.int64, device=masks.device)
-    rows = max(1, AGGREGATION_CHUNK // max(1, weighted.shape[1] * width))
+    # One pass over the masks: column c < C gives semseg[c], the last column the coverage.
+    table = torch.cat(
+        [probabilities.to(masks.device).float() * weights[:, None], weights[:, None]], dim=1
+    )
+    best = torch.empty((height, width), device=masks.device)
+    labels = torch.empty((height, width), dtype=torch.int64, device=masks.device)
+    coverage = torch.empty((height, width), device=masks.device)
+    rows = max(1, AGGREGATION_CHUNK // (max(table.shape) * width))
     for top in range(0, height, rows):
-        semseg = torch.einsum("qc,qhw->chw", weighted, masks[:, top : top + rows])
-        best[top : top + rows], labels[top : top + rows] = semseg.max(dim=0)
+        sums = torch.einsum("qk,qhw->khw", table, masks[:, top : top + rows].float())
+        coverage[top : top + rows] = sums[-1]
+        best[top : top + rows], labels[top : top + rows] = sums[:-1].max(dim=0)
     covered = coverage > 0
     scores = torch.where(covered, best / coverage.clamp(min=1e-12), torch.zeros_like(best))
     labels[~covered | (scores < unlabeled_threshold)] = UNLABELED
@@ -202,8 +207,9 @@ class TwoStageSegmenter:
             )
         else:
             probabilities = clip_probs
-            masks = masks[kept.to(masks.device)]
-            weights = None if weights is None else weights[kept]
+            if len(kept) < len(masks):
+                masks = masks[kept.to(masks.device)]
+                weights = None if weights is None else weights[kept]
         labels, scores = aggregate_scores(probabilities, masks, weights, config.unlabeled_threshold)
         lap("aggregation")
         labels = labels.astype(np.uint16)

@@ -23,8 +23,9 @@ from ovseg_ros.engine.vocabulary import EncodedVocabulary
 class Proposals:
     """Class-agnostic mask proposals for one image.
 
-    masks: (N, H, W) float32 in [0, 1], soft or binary, on the CPU or the CLIP device; masks
-        may overlap (several granularities).
+    masks: (N, H, W), bool (hard masks, used as they are) or float32 in [0, 1] (soft masks,
+        binarised at the segmenter's mask_threshold for stage 2), on the CPU or the CLIP device;
+        masks may overlap (several granularities).
     weights: (N,) float32 > 0, each mask's weight in the per-pixel aggregation; None means 1
         for every mask (as in the paper).
     class_scores: (N, C) float32 probabilities over the vocabulary's C classes, from a learned

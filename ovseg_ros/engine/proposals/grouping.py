@@ -75,11 +75,13 @@ def region_descriptors(
 
 def adjacent_pairs(labels: np.ndarray) -> np.ndarray:
     """Pairs of 4-adjacent regions of labels (H, W) int: (P, 2) int64, a < b, unique."""
-    first = np.concatenate([labels[:, :-1].ravel(), labels[:-1, :].ravel()])
-    second = np.concatenate([labels[:, 1:].ravel(), labels[1:, :].ravel()])
+    first = np.concatenate([labels[:, :-1].ravel(), labels[:-1, :].ravel()]).astype(np.int64)
+    second = np.concatenate([labels[:, 1:].ravel(), labels[1:, :].ravel()]).astype(np.int64)
     differ = first != second
-    pairs = np.sort(np.stack([first[differ], second[differ]], axis=1), axis=1)
-    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+    low, high = np.minimum(first[differ], second[differ]), np.maximum(first[differ], second[differ])
+    count = int(labels.max()) + 1 if labels.size else 1
+    codes = np.unique(low * count + high)  # one integer per pair: a 1-D unique is fast
+    return np.stack([codes // count, codes % count], axis=1)
 
 
 def build_merge_tree(sizes: np.ndarray, descriptors: np.ndarray, pairs: np.ndarray) -> MergeTree:
@@ -193,8 +195,8 @@ class SuperpixelGroupingProposals(ProposalGenerator):
         self.texture_scale = texture_scale
 
     def __call__(self, image: np.ndarray, vocabulary: EncodedVocabulary | None = None) -> Proposals:
-        """image: (H, W, 3) uint8 RGB -> Proposals: binary float32 masks, most persistent first,
-        with their persistence as weights."""
+        """image: (H, W, 3) uint8 RGB -> Proposals: bool masks, most persistent first, with their
+        persistence as weights."""
         height, width = image.shape[:2]
         labels = watershed_superpixels(image, self.superpixels)
         num_leaves = int(labels.max()) + 1
@@ -214,6 +216,6 @@ class SuperpixelGroupingProposals(ProposalGenerator):
         for row, node in enumerate(kept):
             membership[row, leaves[node]] = True
         return Proposals(
-            masks=torch.from_numpy(membership[:, labels].astype(np.float32)),
+            masks=torch.from_numpy(membership[:, labels]),
             weights=torch.tensor([weights[n] for n in kept], dtype=torch.float32),
         )
