@@ -65,10 +65,11 @@ def render_overlay(image: np.ndarray, segmentation: Segmentation, alpha: float =
     height, width = segmentation.labels.shape
     colors = class_colors(segmentation.class_names)
     labeled = segmentation.labels != UNLABELED
-    overlay = image.astype(np.float32)
-    tint = colors[segmentation.labels[labeled].astype(np.int64)].astype(np.float32)
-    overlay[labeled] = (1.0 - alpha) * overlay[labeled] + alpha * tint
-    overlay = np.ascontiguousarray(overlay.round().astype(np.uint8))
+    palette = np.zeros((UNLABELED + 1, 3), dtype=np.uint8)  # indexed by uint16 label
+    palette[: len(colors)] = colors
+    tint = palette[segmentation.labels]
+    blended = cv2.addWeighted(np.ascontiguousarray(image), 1.0 - alpha, tint, alpha, 0.0)
+    overlay = np.where(labeled[..., None], blended, image)
 
     scale = min(height, width) / 480.0
     thickness = max(1, round(scale * 1.5))
