@@ -41,7 +41,8 @@ aggregating: bounds memory and keeps a block in cache."""
 class SegmenterConfig:
     """Settings of stage 2 and the aggregation; may be changed between segment() calls.
 
-    mask_threshold: proposal masks are binarised at mask > threshold for the crops, in [0, 1).
+    mask_threshold: soft (float) proposal masks are binarised at mask > threshold for stage 2, in
+        [0, 1); bool masks are used as they are.
     unlabeled_threshold: pixels whose best normalised class score is below it are UNLABELED,
         in [0, 1]; 0 labels every pixel some proposal covers.
     min_proposal_area: proposals with fewer pixels once binarised are dropped before stage 2

@@ -143,7 +143,8 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
         {"integer_range": [IntegerRange(from_value=1, to_value=1000, step=1)]},
     ),
     "mask_threshold": (
-        "Proposal mask binarisation threshold for the CLIP crops.",
+        "Binarisation threshold of soft proposal masks (maskformer) for stage 2; superpixel "
+        "masks are binary already.",
         {"floating_point_range": _unit_range()},
     ),
     "unlabeled_threshold": (
