@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -19,7 +20,11 @@ import numpy as np
 import torch
 
 from ovseg_ros.engine import toy_world
+from ovseg_ros.engine.clip_model import ClipModel
+from ovseg_ros.engine.maskformer.checkpoint import save_maskformer
+from ovseg_ros.engine.maskformer.model import MaskFormer, MaskFormerConfig
 from ovseg_ros.engine.proposals.base import ProposalGenerator, Proposals
+from ovseg_ros.engine.proposals.maskformer import MaskFormerProposalGenerator
 from ovseg_ros.engine.render import render_overlay
 from ovseg_ros.engine.segmenter import build_segmenter
 from ovseg_ros.engine.vocabulary import EncodedVocabulary, VocabularyEncoder
@@ -173,19 +178,46 @@ def _message_converter():
     return convert
 
 
+def random_reference_maskformer(
+    clip: ClipModel, image_size: tuple[int, int], max_proposals: int
+) -> MaskFormerProposalGenerator:
+    """The paper's proposal network (MaskFormerConfig's defaults: ResNet-101c, 100 queries, six
+    decoder layers) with random weights and clip's embedding size, loaded through the checkpoint
+    reader as real weights are. image_size: (H, W) recorded as its input size, so frames of that
+    size go in unresized."""
+    torch.manual_seed(0)
+    network = MaskFormer(MaskFormerConfig(embedding_dim=clip.embed_dim))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "maskformer-random.safetensors"
+        save_maskformer(path, network, trained_classes=[], image_size=image_size)
+        return MaskFormerProposalGenerator(
+            checkpoint=path, max_proposals=max_proposals, device=str(clip.device), clip=clip
+        )
+
+
 def run_benchmark(settings: BenchSettings) -> BenchResult:
-    """Times every stage over settings.iterations frames after settings.warmup frames."""
+    """Times every stage over settings.iterations frames after settings.warmup frames.
+
+    With random CLIP weights, the "maskformer" generator is the paper's architecture with random
+    weights too (random_reference_maskformer); with real CLIP weights it is the bundled one.
+    """
+    random_weights = not (settings.pretrained or settings.checkpoint)
+    random_maskformer = random_weights and settings.proposal_generator == "maskformer"
     segmenter = build_segmenter(
         settings.model,
         pretrained=settings.pretrained,
         checkpoint=settings.checkpoint,
         device=settings.device,
         precision=settings.precision,
-        proposal_generator=settings.proposal_generator,
+        proposal_generator="superpixel" if random_maskformer else settings.proposal_generator,
         max_proposals=settings.proposals,
-        random_weights=not (settings.pretrained or settings.checkpoint),
+        random_weights=random_weights,
         compile_image_tower=settings.compile_image_tower,
     )
+    if random_maskformer:
+        segmenter.proposals = random_reference_maskformer(
+            segmenter.clip, (settings.height, settings.width), settings.proposals
+        )
     segmenter.config.classifier = settings.classifier
     segmenter.proposals = PaddedProposals(segmenter.proposals, settings.proposals)
 
@@ -266,7 +298,7 @@ def format_report(
             s.device,
             f"{s.precision} ({result.dtype})" + (", compiled" if s.compile_image_tower else ""),
             f"{s.width}x{s.height}",
-            f"{result.proposals_per_frame:.0f}",
+            f"{result.proposals_per_frame:.0f} {s.proposal_generator}",
         ]
         cells += [
             f"{result.stages[name].mean:.1f}" if name in result.stages else "-"

@@ -10,11 +10,15 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 from conftest import REPO_ROOT
 from tiny_model import TINY_CHECKPOINT
 
+from ovseg_ros.benchmark import random_reference_maskformer
 from ovseg_ros.cli import main
 from ovseg_ros.engine import toy_world
+from ovseg_ros.engine.clip_model import load_clip
+from ovseg_ros.engine.maskformer.backbone import RESNET_CONFIGS
 from ovseg_ros.engine.segmentation import UNLABELED
 
 MODEL = ["--checkpoint", str(TINY_CHECKPOINT), "--device", "cpu"]
@@ -115,6 +119,25 @@ def test_offline_pretrained_tag_says_what_is_missing(tmp_path):
     assert run.returncode == 2
     assert "could not load CLIP weights RN50 / openai" in run.stderr
     assert str(tmp_path / "hf") in run.stderr
+
+
+@pytest.mark.slow
+def test_bench_with_random_weights_runs_the_papers_maskformer_architecture(tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", "--model", "ovseg-tiny-clip", "--device", "cpu", "--size", "64x48"]
+    args += ["--proposal-generator", "maskformer", "--classifier", "dense", "--proposals", "100"]
+    assert main([*args, "--iterations", "1", "--warmup", "0", "--out", str(out)]) == 0
+    (result,) = json.loads((out / "bench.json").read_text())["results"]
+    assert result["proposals_per_frame"] == 100 and "proposals" in result["stages"]
+    assert "| 100 maskformer |" in (out / "bench.md").read_text()
+
+    clip = load_clip("ovseg-tiny-clip", random_weights=True, device="cpu")
+    generator = random_reference_maskformer(clip, (48, 64), max_proposals=100)
+    config = generator.model.config
+    assert config.backbone == RESNET_CONFIGS["R101c"] and config.num_queries == 100
+    assert config.embedding_dim == clip.embed_dim
+    masks = generator(np.zeros((48, 64, 3), np.uint8)).masks
+    assert masks.shape == (100, 48, 64) and masks.dtype == torch.float32
 
 
 def test_bench_times_every_stage_and_compares_modes_at_one_precision(tmp_path, capsys):

@@ -7,7 +7,8 @@
 # Writes OUT_DIR/bench.md and bench.json: crop and dense modes, ViT-B-16 with random weights,
 # 640x480, 100 proposals, fp16 and fp32, on the same GPU in one run; then toy-world quality (tiny
 # CLIP, 50 scenes, both vocabularies) in fp16 and fp32 for both modes into OUT_DIR/quality.md;
-# then fp16 with torch.compile into OUT_DIR/compiled.
+# then fp16 with the paper's MaskFormer proposals (random weights) into OUT_DIR/maskformer; then
+# fp16 with torch.compile into OUT_DIR/compiled.
 set -euo pipefail
 out=${1:-out/gpu_bench}
 cd "$(dirname "$0")/.."
@@ -43,7 +44,11 @@ for path in sorted(out.glob("eval/*/metrics.json")):
 (out / "quality.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF
-# The same in fp16 with the image tower under torch.compile (needs Triton); optional,
+# Stage 1 on the GPU: the paper's MaskFormer (ResNet-101c, 100 queries) with random weights.
+python3 -m ovseg_ros.cli bench --model ViT-B-16 --device cuda --size 640x480 --proposals 100 \
+  --proposal-generator maskformer --classifier crop dense --precision fp16 --iterations 20 \
+  --warmup 3 --out "$out/maskformer" || echo "maskformer run failed; the figures above stand"
+# The first run in fp16 with the image tower under torch.compile (needs Triton); optional,
 # last, and bounded to 200 s.
 timeout 200 python3 -m ovseg_ros.cli bench --model ViT-B-16 --device cuda --size 640x480 \
   --proposals 100 --classifier crop dense --precision fp16 --compile --iterations 20 --warmup 3 \
