@@ -137,7 +137,7 @@ class MaskFormerProposalGenerator(ProposalGenerator):
             keep = probabilities[:, -1].argsort()[: self.max_proposals].sort().values
             class_scores = probabilities[keep, :-1].float()
         return Proposals(
-            masks=masks[keep].float(),
+            masks=masks if len(keep) == len(masks) else masks[keep],  # keep is sorted
             class_scores=class_scores,
             trained_classes=None if vocabulary is None else self.trained_mask(vocabulary),
         )
