@@ -360,8 +360,6 @@ def run_node_benchmark(settings: BenchSettings) -> StageTiming:
     Without weights, random ones are written to a temporary safetensors file and loaded as the
     node's checkpoint (the node itself never builds a random model).
     """
-    import tempfile
-
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node

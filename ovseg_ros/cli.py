@@ -263,6 +263,8 @@ def run_bench(args: argparse.Namespace) -> int:
     """`ovseg bench`: prints the table and writes bench.json / bench.md."""
     from ovseg_ros import benchmark
 
+    if args.node and args.proposal_generator != "superpixel":
+        raise ValueError("--node times the node with its superpixel proposals only")
     width, _, height = args.size.partition("x")
     results = []
     for precision in args.precision:

@@ -121,6 +121,12 @@ def test_offline_pretrained_tag_says_what_is_missing(tmp_path):
     assert str(tmp_path / "hf") in run.stderr
 
 
+def test_node_bench_with_another_generator_is_refused(tmp_path, capsys):
+    args = ["bench", "--proposal-generator", "maskformer", "--node", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "superpixel proposals only" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_bench_with_random_weights_runs_the_papers_maskformer_architecture(tmp_path):
     out = tmp_path / "bench"
