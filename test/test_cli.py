@@ -14,11 +14,12 @@ import torch
 from conftest import REPO_ROOT
 from tiny_model import TINY_CHECKPOINT
 
-from ovseg_ros.benchmark import random_reference_maskformer
+from ovseg_ros.benchmark import PaddedProposals, random_reference_maskformer
 from ovseg_ros.cli import main
 from ovseg_ros.engine import toy_world
 from ovseg_ros.engine.clip_model import load_clip
 from ovseg_ros.engine.maskformer.backbone import RESNET_CONFIGS
+from ovseg_ros.engine.proposals import ProposalGenerator, Proposals
 from ovseg_ros.engine.segmentation import UNLABELED
 
 MODEL = ["--checkpoint", str(TINY_CHECKPOINT), "--device", "cpu"]
@@ -119,6 +120,28 @@ def test_offline_pretrained_tag_says_what_is_missing(tmp_path):
     assert run.returncode == 2
     assert "could not load CLIP weights RN50 / openai" in run.stderr
     assert str(tmp_path / "hf") in run.stderr
+
+
+class _TwoMasks(ProposalGenerator):
+    def __call__(self, image, vocabulary=None):
+        masks = torch.zeros((2, *image.shape[:2]))
+        masks[0, :5], masks[1, 5:] = 1.0, 0.5
+        return Proposals(masks=masks)
+
+
+def test_bench_pads_proposals_with_fixed_boxes_and_drops_the_surplus():
+    image = np.zeros((40, 60, 3), np.uint8)
+    padded = PaddedProposals(_TwoMasks(), 5)
+    first, second = padded(image).masks, padded(image).masks
+    assert first.shape == (5, 40, 60) and first.dtype == torch.float32
+    assert torch.equal(first[:2], _TwoMasks()(image).masks)
+    assert torch.equal(first, second)  # the same boxes every frame
+    for box in first[2:] > 0:
+        rows, cols = box.any(dim=1).nonzero().flatten(), box.any(dim=0).nonzero().flatten()
+        height, width = len(rows), len(cols)
+        assert 40 // 10 <= height < 40 // 2 and 60 // 10 <= width < 60 // 2
+        assert box.sum() == height * width  # a filled rectangle
+    assert torch.equal(PaddedProposals(_TwoMasks(), 1)(image).masks, first[:1])
 
 
 def test_node_bench_with_another_generator_is_refused(tmp_path, capsys):
