@@ -73,6 +73,17 @@ class StageTiming:
 
 
 @dataclass
+class NodeFigures:
+    """The node over DDS. latency: publish -> result with one frame in flight at a time;
+    frames_per_s: results per second while frames arrive faster than the node takes them;
+    pipeline: the node's `pipeline` parameter."""
+
+    latency: StageTiming
+    frames_per_s: float
+    pipeline: bool
+
+
+@dataclass
 class BenchResult:
     """One benchmark configuration's figures; frames_per_s counts every stage listed; dtype: the
     image tower's compute dtype that settings.precision resolved to (e.g. "bfloat16")."""
@@ -273,7 +284,7 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
 def format_report(
     results: list[BenchResult],
     machine: dict[str, object],
-    node_latency: StageTiming | None = None,
+    node: NodeFigures | None = None,
 ) -> str:
     """Markdown: a header naming the machine, one table of per-stage means, one of p50/p90."""
     lines = [
@@ -316,12 +327,13 @@ def format_report(
             f"{result.settings.classifier}: cold {result.text_ms_cold:.1f} ms, "
             f"steady state (cached) {result.text_ms_steady:.2f} ms"
         )
-    if node_latency is not None:
+    if node is not None:
         s = results[0].settings
         lines.append(
             f"node over DDS, {s.model} {s.classifier} {s.width}x{s.height} (superpixel proposals "
-            f"capped at {s.proposals}): publish -> result mean {node_latency.mean:.0f} ms, "
-            f"p50 {node_latency.p50:.0f} ms, p90 {node_latency.p90:.0f} ms"
+            f"capped at {s.proposals}, pipeline {'on' if node.pipeline else 'off'}): "
+            f"publish -> result mean {node.latency.mean:.0f} ms, p50 {node.latency.p50:.0f} ms, "
+            f"p90 {node.latency.p90:.0f} ms; streaming {node.frames_per_s:.2f} frames/s"
         )
     for dense in results:
         for crop in results:
@@ -339,23 +351,29 @@ def write_report(
     results: list[BenchResult],
     machine: dict[str, object],
     out: Path,
-    node_latency: StageTiming | None = None,
+    node: NodeFigures | None = None,
 ) -> str:
     """Writes bench.json and bench.md into `out`; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
-    report = format_report(results, machine, node_latency)
+    report = format_report(results, machine, node)
     (out / "bench.md").write_text(report)
     payload = {
         "machine": machine,
         "results": [asdict(r) for r in results],
-        "node_latency_ms": None if node_latency is None else asdict(node_latency),
+        "node": None if node is None else asdict(node),
     }
     (out / "bench.json").write_text(json.dumps(payload, indent=2))
     return report
 
 
-def run_node_benchmark(settings: BenchSettings) -> StageTiming:
-    """Publish -> result latency of the segmenter node over DDS, one frame in flight at a time.
+STREAM_PERIOD_S = 1.0 / 30.0
+"""Seconds between frames while measuring the node's streaming frames/s: a 30 Hz camera."""
+
+
+def run_node_benchmark(settings: BenchSettings, pipeline: bool = False) -> NodeFigures:
+    """The segmenter node over DDS: publish -> result latency with one frame in flight at a
+    time (warmup + iterations frames), then results per second while frames stream in every
+    STREAM_PERIOD_S (iterations + 1 results; the first starts the clock).
 
     Without weights, random ones are written to a temporary safetensors file and loaded as the
     node's checkpoint (the node itself never builds a random model).
@@ -396,6 +414,7 @@ def run_node_benchmark(settings: BenchSettings) -> StageTiming:
             "prompt_templates": ["single"],
             "input_reliability": "reliable",
             "max_age_s": 0.0,
+            "pipeline": pipeline,
         }
         segmenter = SegmenterNode(
             context=context,
@@ -429,9 +448,19 @@ def run_node_benchmark(settings: BenchSettings) -> StageTiming:
                     executor.spin_once(timeout_sec=0.05)
                 if iteration >= settings.warmup:
                     latencies.append((received[key] - sent) * 1e3)
+            streamed = len(received)
+            next_send = time.perf_counter()
+            while len(received) < streamed + settings.iterations + 1:
+                if time.perf_counter() >= next_send:
+                    header = Header(stamp=client.get_clock().now().to_msg(), frame_id="camera")
+                    publisher.publish(array_to_image(frame, "rgb8", header))
+                    next_send += STREAM_PERIOD_S
+                executor.spin_once(timeout_sec=STREAM_PERIOD_S / 2)
+            arrivals = sorted(received.values())[streamed:]
         finally:
             executor.shutdown()
             segmenter.destroy_node()
             client.destroy_node()
             context.try_shutdown()
-    return _stats(latencies)
+    frames_per_s = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    return NodeFigures(_stats(latencies), frames_per_s, pipeline)

@@ -265,6 +265,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.node and args.proposal_generator != "superpixel":
         raise ValueError("--node times the node with its superpixel proposals only")
+    if args.pipeline and not args.node:
+        raise ValueError("--pipeline sets the node's pipeline parameter; it needs --node")
     width, _, height = args.size.partition("x")
     results = []
     for precision in args.precision:
@@ -286,10 +288,8 @@ def run_bench(args: argparse.Namespace) -> int:
             )
             print(f"benchmarking {classifier} / {precision} ...", file=sys.stderr, flush=True)
             results.append(benchmark.run_benchmark(settings))
-    node_latency = benchmark.run_node_benchmark(results[0].settings) if args.node else None
-    report = benchmark.write_report(
-        results, benchmark.machine_description(), Path(args.out), node_latency
-    )
+    node = benchmark.run_node_benchmark(results[0].settings, args.pipeline) if args.node else None
+    report = benchmark.write_report(results, benchmark.machine_description(), Path(args.out), node)
     print(report)
     return 0
 
@@ -343,6 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--iterations", type=int, default=3, help="timed frames (%(default)s)")
     bench.add_argument("--warmup", type=int, default=1, help="untimed frames first (%(default)s)")
     bench.add_argument("--node", action="store_true", help="also time the node over DDS")
+    bench.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="with --node: run the node with pipeline:=true (stage 1 on a thread of its own)",
+    )
     bench.add_argument("--out", default="ovseg-bench", help="output folder (%(default)s)")
     bench.set_defaults(run=run_bench)
     return parser

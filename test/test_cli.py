@@ -150,6 +150,24 @@ def test_node_bench_with_another_generator_is_refused(tmp_path, capsys):
     assert "superpixel proposals only" in capsys.readouterr().err
 
 
+def test_pipeline_without_node_is_refused(tmp_path, capsys):
+    assert main(["bench", "--pipeline", "--out", str(tmp_path)]) == 2
+    assert "needs --node" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_node_bench_reports_latency_and_streaming_rate_of_the_pipelined_node(tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", "--model", "ovseg-tiny-clip", *MODEL, "--size", "160x120", "--node"]
+    args += ["--pipeline", "--proposals", "7", "--iterations", "2", "--warmup", "0"]
+    assert main([*args, "--out", str(out)]) == 0
+    node = json.loads((out / "bench.json").read_text())["node"]
+    assert node["pipeline"] is True
+    assert 0 < node["latency"]["p50"] <= node["latency"]["p90"]
+    assert node["frames_per_s"] > 0
+    assert "pipeline on" in (out / "bench.md").read_text()
+
+
 @pytest.mark.slow
 def test_bench_with_random_weights_runs_the_papers_maskformer_architecture(tmp_path):
     out = tmp_path / "bench"

@@ -153,6 +153,22 @@ def test_result_carries_the_vocabulary_and_stage_timings(clip, encoder):
     assert sum(s.area for s in result.segments) <= 24 * 32
 
 
+@pytest.mark.parametrize("classifier", ["crop", "dense"])
+def test_stage_one_run_apart_gives_the_same_result(clip, encoder, classifier):
+    vocabulary = encoder.encode(["circle", "square", "background"], "single")
+    segmenter = TwoStageSegmenter(
+        clip, build_proposal_generator("superpixel"), SegmenterConfig(classifier=classifier)
+    )
+    whole = segmenter.segment(_image(), vocabulary)
+    proposals = segmenter.propose(_image(), vocabulary)
+    apart = segmenter.segment(_image(), vocabulary, proposals)
+    np.testing.assert_array_equal(apart.labels, whole.labels)
+    np.testing.assert_array_equal(apart.scores, whole.scores)
+    assert list(apart.timings_ms) == STAGES[1:]
+    with pytest.raises(ValueError, match="uint8"):
+        segmenter.propose(_image().astype(np.float32), vocabulary)
+
+
 def test_masks_empty_after_the_threshold_are_dropped(clip, encoder):
     vocabulary = encoder.encode(["a", "b", "c"], "single")
     full = torch.ones((1, 10, 12))

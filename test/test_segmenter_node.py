@@ -77,6 +77,14 @@ class Harness:
     def spin_until(self, done, timeout_s: float = 30.0) -> bool:
         return spin_until(self.executor, done, timeout_s)
 
+    def wait_quiet(self, quiet_s: float = 2.0) -> None:
+        """Spins until no result has arrived for quiet_s seconds."""
+        while True:
+            count = len(self.results)
+            self.spin_until(lambda: False, timeout_s=quiet_s)
+            if len(self.results) == count:
+                return
+
     def wait_connected(self, publisher=None) -> None:
         publisher = publisher or self.image_pub
         assert self.spin_until(lambda: publisher.get_subscription_count() > 0)
@@ -247,12 +255,7 @@ def test_burst_of_100_frames_leaves_no_backlog(harness):
     for index in range(100):
         msg.header.stamp.sec = index + 2
         harness.image_pub.publish(msg)
-    # Wait until results stop coming: two quiet seconds.
-    while True:
-        count = len(harness.results)
-        harness.spin_until(lambda: False, timeout_s=2.0)
-        if len(harness.results) == count:
-            break
+    harness.wait_quiet()
     stats = harness.segmenter.stats
     assert harness.segmenter._pending is None
     # Each frame that reached the node was processed or replaced by a newer one: no queue.
@@ -260,6 +263,32 @@ def test_burst_of_100_frames_leaves_no_backlog(harness):
     assert stats.processed < 60 and len(harness.results) == stats.processed
     assert harness.results[-1].header.stamp.sec == 101  # the newest frame is never lost
     assert _rss_mib() - rss_before < 100
+
+
+def test_pipelined_node_pairs_each_result_with_its_own_frame(ros_context):
+    h = Harness(ros_context, pipeline=True)
+    try:
+        h.wait_connected()
+        assert [w.name for w in h.segmenter._workers] == ["segmenter", "stage2"]
+        header = Header(frame_id="cam")
+        h.image_pub.publish(Image(header=header, height=2, width=2, encoding="32FC1", step=8))
+        assert h.spin_until(lambda: h.segmenter.stats.invalid == 1)
+        images = {}
+        for index in range(10):  # back to back: stage 1 of a frame overlaps stage 2 of another
+            images[index + 1], msg = _scene_image(1_000_020 + index, stamp_sec=index + 1)
+            h.image_pub.publish(msg)
+            h.spin_until(lambda: False, timeout_s=0.1)
+        h.wait_quiet()
+        stats = h.segmenter.stats
+        assert stats.invalid == 1 and stats.processed == len(h.results) >= 2
+        assert stats.processed + stats.replaced + stats.invalid == stats.received
+        assert h.results[-1].header.stamp.sec == 10  # the newest good frame is never lost
+        vocabulary = h.segmenter.vocabulary
+        for result in h.results:
+            expected = h.segmenter.segmenter.segment(images[result.header.stamp.sec], vocabulary)
+            np.testing.assert_array_equal(_labels_of(result.labels), expected.labels)
+    finally:
+        h.close()
 
 
 def test_overlay_not_rendered_without_subscriber(harness):

@@ -24,6 +24,7 @@ from ovseg_ros.engine.dense import DenseFeatureExtractor
 from ovseg_ros.engine.proposals import (
     DEFAULT_PROPOSAL_GENERATOR,
     ProposalGenerator,
+    Proposals,
     build_proposal_generator,
 )
 from ovseg_ros.engine.segmentation import UNLABELED, Segmentation, extract_segments
@@ -149,11 +150,7 @@ class TwoStageSegmenter:
         self.classifier = CropClassifier(clip)
         self.dense = DenseFeatureExtractor(clip)
 
-    def segment(self, image: np.ndarray, vocabulary: EncodedVocabulary) -> Segmentation:
-        """image: (H, W, 3) uint8 RGB (see check_image) -> Segmentation under `vocabulary`.
-
-        timings_ms holds the wall time of: proposals, crops, clip_image, aggregation, segments.
-        """
+    def _check_inputs(self, image: np.ndarray, vocabulary: EncodedVocabulary) -> None:
         check_image(image)
         if vocabulary.text_embeddings.shape[1] != self.clip.embed_dim:
             raise ValueError(
@@ -161,6 +158,26 @@ class TwoStageSegmenter:
                 f"dimensions but {self.clip.name} embeds into {self.clip.embed_dim}; encode it "
                 "with this segmenter's CLIP model"
             )
+
+    def propose(self, image: np.ndarray, vocabulary: EncodedVocabulary) -> Proposals:
+        """Stage 1 alone: image (H, W, 3) uint8 RGB -> its mask proposals, for a later
+        segment(image, vocabulary, proposals) (e.g. on another thread, as the node's pipeline)."""
+        self._check_inputs(image, vocabulary)
+        return self.proposals(image, vocabulary)
+
+    def segment(
+        self,
+        image: np.ndarray,
+        vocabulary: EncodedVocabulary,
+        proposals: Proposals | None = None,
+    ) -> Segmentation:
+        """image: (H, W, 3) uint8 RGB (see check_image) -> Segmentation under `vocabulary`.
+
+        proposals: propose(image, vocabulary) computed earlier, or None to run stage 1 here.
+        timings_ms holds the wall time of: proposals (only when run here), crops, clip_image,
+        aggregation, segments.
+        """
+        self._check_inputs(image, vocabulary)
         config = self.config
         timings: dict[str, float] = {}
         clock = time.perf_counter()
@@ -173,8 +190,9 @@ class TwoStageSegmenter:
             timings[stage] = 1000.0 * (now - clock)
             clock = now
 
-        proposals = self.proposals(image, vocabulary)
-        lap("proposals")
+        if proposals is None:
+            proposals = self.proposals(image, vocabulary)
+            lap("proposals")
         masks = proposals.masks.to(self.clip.device)
         if config.classifier == "dense":
             binary, kept = usable_masks(masks, config.mask_threshold, config.min_proposal_area)

@@ -38,6 +38,7 @@ class SegmenterParameters:
     min_proposal_area: int
     max_rate_hz: float
     max_age_s: float
+    pipeline: bool
     overlay_alpha: float
     input_transport: str
     input_reliability: str
@@ -65,6 +66,7 @@ DEFAULTS = SegmenterParameters(
     min_proposal_area=SegmenterConfig.min_proposal_area,
     max_rate_hz=0.0,
     max_age_s=1.0,
+    pipeline=False,
     overlay_alpha=0.5,
     input_transport="raw",
     input_reliability="best_effort",
@@ -166,6 +168,12 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
     "max_age_s": (
         "Frames older than this when processing starts are dropped; 0 = never drop.",
         {"floating_point_range": [FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)]},
+    ),
+    "pipeline": (
+        "Run stage 1 (proposals) of the next frame on a thread of its own while stage 2 of the "
+        "current one runs: more frames/s when the stages use different processors (proposals "
+        "on the CPU, CLIP on a GPU); on a CPU alone they share its cores.",
+        {},
     ),
     "overlay_alpha": (
         "Opacity of the class colors in ~/overlay.",

@@ -1,19 +1,25 @@
 """The `ovseg_segmenter` node: camera images in, labels, results and overlays out.
 
 Wiring only: messages are converted here and the engine does the work. Frames are processed on a
-worker thread so the executor never waits on inference; only the newest frame is kept. Vocabulary
+worker thread so the executor never waits on inference; only the newest frame is kept. With
+`pipeline`, a second worker runs stage 2 while the first decodes the next frame and proposes its
+masks; one prepared frame at most waits between them. Vocabulary
 changes are validated in the set-parameters callback and encoded on a second thread, then swapped
 in as one object, so every result carries the class names and version it was computed with.
 """
 
 from __future__ import annotations
 
+import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -29,6 +35,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from ovseg_ros.engine.prompts import resolve_templates
+from ovseg_ros.engine.proposals import Proposals
 from ovseg_ros.engine.render import class_colors, render_overlay
 from ovseg_ros.engine.segmenter import build_segmenter
 from ovseg_ros.engine.vocabulary import EncodedVocabulary, VocabularyEncoder, validate_class_names
@@ -57,6 +64,19 @@ class FrameStats:
     replaced: int = 0
     invalid: int = 0
     overlays: int = 0
+
+
+@dataclass
+class PreparedFrame:
+    """A frame ready for stage 2: the message, its (H, W, 3) uint8 RGB pixels, the vocabulary in
+    force when it was taken, its stage-1 proposals (None: stage 2 runs stage 1 itself) and the
+    milliseconds spent so far per stage."""
+
+    msg: Image | CompressedImage
+    rgb: np.ndarray
+    vocabulary: EncodedVocabulary
+    proposals: Proposals | None
+    timings_ms: dict[str, float]
 
 
 class SegmenterNode(Node):
@@ -121,8 +141,14 @@ class SegmenterNode(Node):
             self.create_subscription(Image, "image", self._on_image, input_qos)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._worker = threading.Thread(target=self._process_frames, name="segmenter", daemon=True)
-        self._worker.start()
+        self._prepared: queue.Queue[PreparedFrame] | None = None
+        self._workers = [threading.Thread(target=self._process_frames, name="segmenter")]
+        if p.pipeline:
+            self._prepared = queue.Queue(maxsize=1)
+            self._workers.append(threading.Thread(target=self._finish_frames, name="stage2"))
+        for worker in self._workers:
+            worker.daemon = True
+            worker.start()
 
     # --- input ------------------------------------------------------------------------------
     def _on_image(self, msg: Image | CompressedImage) -> None:
@@ -152,6 +178,8 @@ class SegmenterNode(Node):
 
     # --- processing -------------------------------------------------------------------------
     def _process_frames(self) -> None:
+        """First worker: takes the newest frame, drops it when stale, keeps max_rate_hz, then
+        segments it (or, with `pipeline`, runs stage 1 and hands it to the second worker)."""
         last_start = 0.0
         while True:
             msg = self._next_frame()
@@ -171,29 +199,68 @@ class SegmenterNode(Node):
                 if wait > 0:
                     time.sleep(wait)
             last_start = time.monotonic()
-            try:
-                self._process(msg)
-            except ImageConversionError as exc:
-                self.stats.invalid += 1
-                self.get_logger().warning(f"skipped a frame: {exc}", throttle_duration_sec=2.0)
-            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the node
-                self.stats.invalid += 1
-                self.get_logger().error(f"segmentation failed, frame skipped: {exc!r}")
+            frame = self._skip_on_error(self._prepare, msg)
+            if frame is None:
+                continue
+            if self._prepared is None:
+                self._skip_on_error(self._finish, frame)
+            else:
+                self._hand_over(frame)
 
-    def _process(self, msg: Image | CompressedImage) -> None:
+    def _finish_frames(self) -> None:
+        """Second worker (`pipeline`): stage 2 and publishing of the prepared frames."""
+        while self._running:
+            try:
+                frame = self._prepared.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self._skip_on_error(self._finish, frame)
+
+    def _hand_over(self, frame: PreparedFrame) -> None:
+        """Waits until the second worker has room for `frame` (or the node stops)."""
+        while self._running:
+            try:
+                self._prepared.put(frame, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _skip_on_error(self, step: Callable[[Any], Any], arg: object) -> Any:
+        """step(arg), or None after counting and logging why the frame is skipped."""
+        try:
+            return step(arg)
+        except ImageConversionError as exc:
+            self.get_logger().warning(f"skipped a frame: {exc}", throttle_duration_sec=2.0)
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the node
+            self.get_logger().error(f"segmentation failed, frame skipped: {exc!r}")
+        with self._frame_lock:
+            self.stats.invalid += 1
+        return None
+
+    def _prepare(self, msg: Image | CompressedImage) -> PreparedFrame:
+        """Decodes the frame; with `pipeline` also runs stage 1."""
         started = time.perf_counter()
         rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
-        decode_ms = (time.perf_counter() - started) * 1e3
+        timings = {"decode": (time.perf_counter() - started) * 1e3}
         vocabulary = self.vocabulary
-        segmentation = self.segmenter.segment(rgb, vocabulary)
-        segmentation.timings_ms = {"decode": decode_ms, **segmentation.timings_ms}
+        proposals = None
+        if self._prepared is not None:
+            started = time.perf_counter()
+            proposals = self.segmenter.propose(rgb, vocabulary)
+            timings["proposals"] = (time.perf_counter() - started) * 1e3
+        return PreparedFrame(msg, rgb, vocabulary, proposals, timings)
+
+    def _finish(self, frame: PreparedFrame) -> None:
+        """Stage 2 (and stage 1 unless done already), then publishes labels, result, overlay."""
+        segmentation = self.segmenter.segment(frame.rgb, frame.vocabulary, frame.proposals)
+        segmentation.timings_ms = {**frame.timings_ms, **segmentation.timings_ms}
 
         publish_start = time.perf_counter()
-        header = msg.header
+        header = frame.msg.header
         self.labels_pub.publish(array_to_image(segmentation.labels, "mono16", header))
         self.result_pub.publish(segmentation_to_msg(segmentation, header))
         if self.overlay_pub.get_subscription_count() > 0:
-            overlay = render_overlay(rgb, segmentation, alpha=self.params.overlay_alpha)
+            overlay = render_overlay(frame.rgb, segmentation, alpha=self.params.overlay_alpha)
             self.overlay_pub.publish(array_to_image(overlay, "rgb8", header))
             self.stats.overlays += 1
         self.stats.processed += 1
@@ -263,7 +330,8 @@ class SegmenterNode(Node):
         with self._frame_lock:
             self._running = False
             self._frame_lock.notify_all()
-        self._worker.join(timeout=5.0)
+        for worker in self._workers:
+            worker.join(timeout=5.0)
         self._vocabulary_pool.shutdown(wait=True)
         super().destroy_node()
 
