@@ -278,11 +278,17 @@ def test_pipelined_node_pairs_each_result_with_its_own_frame(ros_context):
             images[index + 1], msg = _scene_image(1_000_020 + index, stamp_sec=index + 1)
             h.image_pub.publish(msg)
             h.spin_until(lambda: False, timeout_s=0.1)
-        h.wait_quiet()
         stats = h.segmenter.stats
-        assert stats.invalid == 1 and stats.processed == len(h.results) >= 2
-        assert stats.processed + stats.replaced + stats.invalid == stats.received
-        assert h.results[-1].header.stamp.sec == 10  # the newest good frame is never lost
+
+        def idle() -> bool:
+            """The newest frame is published, every other one published, replaced or skipped."""
+            done = stats.processed + stats.replaced + stats.invalid == stats.received
+            newest = bool(h.results) and h.results[-1].header.stamp.sec == 10
+            return done and newest and len(h.results) == stats.processed
+
+        # Generous: on 2 cores the two workers contend with CLIP's threads (see README).
+        assert h.spin_until(idle, timeout_s=60.0)
+        assert stats.invalid == 1 and stats.processed >= 2
         vocabulary = h.segmenter.vocabulary
         for result in h.results:
             expected = h.segmenter.segmenter.segment(images[result.header.stamp.sec], vocabulary)
