@@ -16,11 +16,14 @@ from ovseg_ros.engine.clip_model import CheckpointMismatchError, load_clip
 from ovseg_ros.engine.proposals import ProposalGenerator, Proposals, build_proposal_generator
 from ovseg_ros.engine.segmentation import UNLABELED
 from ovseg_ros.engine.segmenter import (
+    PIPELINE_SWITCH_INTERVAL_S,
     SegmenterConfig,
+    ThreadSettings,
     TwoStageSegmenter,
     aggregate_scores,
     build_segmenter,
     check_image,
+    pipeline_thread_settings,
 )
 from ovseg_ros.engine.vocabulary import VocabularyEncoder
 
@@ -167,6 +170,20 @@ def test_stage_one_run_apart_gives_the_same_result(clip, encoder, classifier):
     assert list(apart.timings_ms) == STAGES[1:]
     with pytest.raises(ValueError, match="uint8"):
         segmenter.propose(_image().astype(np.float32), vocabulary)
+
+
+def test_pipeline_thread_settings_leave_stage_one_a_core_and_apply_and_restore():
+    assert pipeline_thread_settings(ThreadSettings(4, 0.005)) == ThreadSettings(
+        3, PIPELINE_SWITCH_INTERVAL_S
+    )
+    assert pipeline_thread_settings(ThreadSettings(1, 0.005)).torch_threads == 1
+    before = ThreadSettings.current()
+    try:
+        ThreadSettings(1, 0.002).apply()
+        assert ThreadSettings.current() == ThreadSettings(1, 0.002)
+    finally:
+        before.apply()
+    assert ThreadSettings.current() == before
 
 
 def test_masks_empty_after_the_threshold_are_dropped(clip, encoder):

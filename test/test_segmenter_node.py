@@ -18,6 +18,7 @@ from tiny_model import TINY_CHECKPOINT
 
 from ovseg_ros.engine import toy_world
 from ovseg_ros.engine.segmentation import UNLABELED
+from ovseg_ros.engine.segmenter import ThreadSettings, pipeline_thread_settings
 from ovseg_ros.msg import SegmentationResult, Vocabulary
 from ovseg_ros.ros.conversions import array_to_image
 from ovseg_ros.ros.segmenter_node import SegmenterNode
@@ -266,10 +267,12 @@ def test_burst_of_100_frames_leaves_no_backlog(harness):
 
 
 def test_pipelined_node_pairs_each_result_with_its_own_frame(ros_context):
+    before = ThreadSettings.current()
     h = Harness(ros_context, pipeline=True)
     try:
         h.wait_connected()
         assert [w.name for w in h.segmenter._workers] == ["segmenter", "stage2"]
+        assert ThreadSettings.current() == pipeline_thread_settings(before)
         header = Header(frame_id="cam")
         h.image_pub.publish(Image(header=header, height=2, width=2, encoding="32FC1", step=8))
         assert h.spin_until(lambda: h.segmenter.stats.invalid == 1)
@@ -295,6 +298,7 @@ def test_pipelined_node_pairs_each_result_with_its_own_frame(ros_context):
             np.testing.assert_array_equal(_labels_of(result.labels), expected.labels)
     finally:
         h.close()
+    assert ThreadSettings.current() == before  # given back when the node is destroyed
 
 
 def test_overlay_not_rendered_without_subscriber(harness):

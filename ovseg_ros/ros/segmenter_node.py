@@ -37,7 +37,7 @@ from std_msgs.msg import Header
 from ovseg_ros.engine.prompts import resolve_templates
 from ovseg_ros.engine.proposals import Proposals
 from ovseg_ros.engine.render import class_colors, render_overlay
-from ovseg_ros.engine.segmenter import build_segmenter
+from ovseg_ros.engine.segmenter import ThreadSettings, build_segmenter, pipeline_thread_settings
 from ovseg_ros.engine.vocabulary import EncodedVocabulary, VocabularyEncoder, validate_class_names
 from ovseg_ros.msg import SegmentationResult, Vocabulary
 from ovseg_ros.ros.conversions import (
@@ -142,10 +142,19 @@ class SegmenterNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._prepared: queue.Queue[PreparedFrame] | None = None
+        self._threads_before: ThreadSettings | None = None
         self._workers = [threading.Thread(target=self._process_frames, name="segmenter")]
         if p.pipeline:
             self._prepared = queue.Queue(maxsize=1)
             self._workers.append(threading.Thread(target=self._finish_frames, name="stage2"))
+            self._threads_before = ThreadSettings.current()
+            settings = pipeline_thread_settings(self._threads_before)
+            settings.apply()
+            self.get_logger().info(
+                f"pipeline on: torch CPU threads {self._threads_before.torch_threads} -> "
+                f"{settings.torch_threads}, thread switch interval "
+                f"{settings.switch_interval_s * 1e3:g} ms"
+            )
         for worker in self._workers:
             worker.daemon = True
             worker.start()
@@ -332,6 +341,8 @@ class SegmenterNode(Node):
             self._frame_lock.notify_all()
         for worker in self._workers:
             worker.join(timeout=5.0)
+        if self._threads_before is not None:
+            self._threads_before.apply()
         self._vocabulary_pool.shutdown(wait=True)
         super().destroy_node()
 
