@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import queue
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,7 +28,12 @@ from ovseg_ros.engine.maskformer.model import MaskFormer, MaskFormerConfig
 from ovseg_ros.engine.proposals.base import ProposalGenerator, Proposals
 from ovseg_ros.engine.proposals.maskformer import MaskFormerProposalGenerator
 from ovseg_ros.engine.render import render_overlay
-from ovseg_ros.engine.segmenter import build_segmenter
+from ovseg_ros.engine.segmenter import (
+    ThreadSettings,
+    TwoStageSegmenter,
+    build_segmenter,
+    pipeline_thread_settings,
+)
 from ovseg_ros.engine.vocabulary import EncodedVocabulary, VocabularyEncoder
 
 STAGES = (
@@ -61,6 +68,7 @@ class BenchSettings:
     compile_image_tower: bool = False
     iterations: int = 5
     warmup: int = 1
+    pipeline: bool = False
 
 
 @dataclass
@@ -86,7 +94,10 @@ class NodeFigures:
 @dataclass
 class BenchResult:
     """One benchmark configuration's figures; frames_per_s counts every stage listed; dtype: the
-    image tower's compute dtype that settings.precision resolved to (e.g. "bfloat16")."""
+    image tower's compute dtype that settings.precision resolved to (e.g. "bfloat16").
+    pipelined_frames_per_s (settings.pipeline only): stages 1 and 2 with stage 1 of the next
+    frame on a second thread (the node's `pipeline`); serial_frames_per_s: the same stages one
+    after the other, from their means."""
 
     settings: BenchSettings
     stages: dict[str, StageTiming]
@@ -96,6 +107,8 @@ class BenchResult:
     text_ms_cold: float
     text_ms_steady: float
     dtype: str
+    pipelined_frames_per_s: float | None = None
+    serial_frames_per_s: float | None = None
 
 
 def box_masks(count: int, height: int, width: int) -> torch.Tensor:
@@ -206,6 +219,48 @@ def random_reference_maskformer(
         )
 
 
+SEGMENTER_STAGES = ("proposals", "crops", "clip_image", "aggregation", "segments")
+"""The stages TwoStageSegmenter.segment times (stage 1 and stage 2)."""
+
+
+def pipelined_frames_per_s(
+    segmenter: TwoStageSegmenter, vocabulary: EncodedVocabulary, image: np.ndarray, frames: int
+) -> float:
+    """Frames/s of segmenter on `image` with propose() of the next frame on a second thread while
+    segment() of the current one runs, as the node's `pipeline` does (and under its
+    pipeline_thread_settings); timed over `frames` results after the first."""
+    before = ThreadSettings.current()
+    pipeline_thread_settings(before).apply()
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+
+    def stage_one() -> None:
+        for _ in range(frames + 1):
+            try:
+                handoff.put(segmenter.propose(image, vocabulary))
+            except Exception as exc:  # noqa: BLE001 - re-raised on the timing thread
+                handoff.put(exc)
+                return
+
+    finished: list[float] = []
+    worker = threading.Thread(target=stage_one, name="stage1", daemon=True)
+    try:
+        worker.start()
+        for _ in range(frames + 1):
+            proposals = handoff.get()
+            if isinstance(proposals, Exception):
+                raise proposals
+            segmenter.segment(image, vocabulary, proposals)
+            finished.append(time.perf_counter())
+    finally:
+        while worker.is_alive():  # let stage 1 finish even when stage 2 failed
+            try:
+                handoff.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        before.apply()
+    return frames / (finished[-1] - finished[0])
+
+
 def run_benchmark(settings: BenchSettings) -> BenchResult:
     """Times every stage over settings.iterations frames after settings.warmup frames.
 
@@ -269,6 +324,11 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
             counts.append(settings.proposals)
     stages = {stage: _stats(values) for stage, values in per_stage.items() if values}
     frame_ms = _stats(frame_totals)
+    pipelined = serial = None
+    if settings.pipeline:
+        rgb = cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        pipelined = pipelined_frames_per_s(segmenter, vocabulary, rgb, settings.iterations)
+        serial = 1000.0 / sum(stages[stage].mean for stage in SEGMENTER_STAGES)
     return BenchResult(
         settings=settings,
         stages=stages,
@@ -278,6 +338,8 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
         text_ms_cold=text_ms_cold,
         text_ms_steady=text_ms_steady,
         dtype=segmenter.clip.dtype_name,
+        pipelined_frames_per_s=pipelined,
+        serial_frames_per_s=serial,
     )
 
 
@@ -327,6 +389,14 @@ def format_report(
             f"{result.settings.classifier}: cold {result.text_ms_cold:.1f} ms, "
             f"steady state (cached) {result.text_ms_steady:.2f} ms"
         )
+    for result in results:
+        if result.pipelined_frames_per_s is not None:
+            s = result.settings
+            lines.append(
+                f"pipelined (stage 1 of the next frame on a second thread), {s.model} "
+                f"{s.classifier} {result.dtype}: {result.pipelined_frames_per_s:.2f} frames/s "
+                f"for stages 1 and 2, against {result.serial_frames_per_s:.2f} one after the other"
+            )
     if node is not None:
         s = results[0].settings
         lines.append(
@@ -370,7 +440,7 @@ STREAM_PERIOD_S = 1.0 / 30.0
 """Seconds between frames while measuring the node's streaming frames/s: a 30 Hz camera."""
 
 
-def run_node_benchmark(settings: BenchSettings, pipeline: bool = False) -> NodeFigures:
+def run_node_benchmark(settings: BenchSettings) -> NodeFigures:
     """The segmenter node over DDS: publish -> result latency with one frame in flight at a
     time (warmup + iterations frames), then results per second while frames stream in every
     STREAM_PERIOD_S (iterations + 1 results; the first starts the clock).
@@ -414,7 +484,7 @@ def run_node_benchmark(settings: BenchSettings, pipeline: bool = False) -> NodeF
             "prompt_templates": ["single"],
             "input_reliability": "reliable",
             "max_age_s": 0.0,
-            "pipeline": pipeline,
+            "pipeline": settings.pipeline,
         }
         segmenter = SegmenterNode(
             context=context,
@@ -463,4 +533,4 @@ def run_node_benchmark(settings: BenchSettings, pipeline: bool = False) -> NodeF
             client.destroy_node()
             context.try_shutdown()
     frames_per_s = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
-    return NodeFigures(_stats(latencies), frames_per_s, pipeline)
+    return NodeFigures(_stats(latencies), frames_per_s, settings.pipeline)

@@ -265,8 +265,6 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.node and args.proposal_generator != "superpixel":
         raise ValueError("--node times the node with its superpixel proposals only")
-    if args.pipeline and not args.node:
-        raise ValueError("--pipeline sets the node's pipeline parameter; it needs --node")
     width, _, height = args.size.partition("x")
     results = []
     for precision in args.precision:
@@ -285,10 +283,11 @@ def run_bench(args: argparse.Namespace) -> int:
                 compile_image_tower=args.compile,
                 iterations=args.iterations,
                 warmup=args.warmup,
+                pipeline=args.pipeline,
             )
             print(f"benchmarking {classifier} / {precision} ...", file=sys.stderr, flush=True)
             results.append(benchmark.run_benchmark(settings))
-    node = benchmark.run_node_benchmark(results[0].settings, args.pipeline) if args.node else None
+    node = benchmark.run_node_benchmark(results[0].settings) if args.node else None
     report = benchmark.write_report(results, benchmark.machine_description(), Path(args.out), node)
     print(report)
     return 0
@@ -346,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--pipeline",
         action="store_true",
-        help="with --node: run the node with pipeline:=true (stage 1 on a thread of its own)",
+        help="also time stage 1 of the next frame on a second thread while stage 2 runs (the "
+        "node's pipeline parameter); with --node, run the node with pipeline:=true",
     )
     bench.add_argument("--out", default="ovseg-bench", help="output folder (%(default)s)")
     bench.set_defaults(run=run_bench)

@@ -14,7 +14,7 @@ import torch
 from conftest import REPO_ROOT
 from tiny_model import TINY_CHECKPOINT
 
-from ovseg_ros.benchmark import PaddedProposals, random_reference_maskformer
+from ovseg_ros.benchmark import SEGMENTER_STAGES, PaddedProposals, random_reference_maskformer
 from ovseg_ros.cli import main
 from ovseg_ros.engine import toy_world
 from ovseg_ros.engine.clip_model import load_clip
@@ -150,22 +150,24 @@ def test_node_bench_with_another_generator_is_refused(tmp_path, capsys):
     assert "superpixel proposals only" in capsys.readouterr().err
 
 
-def test_pipeline_without_node_is_refused(tmp_path, capsys):
-    assert main(["bench", "--pipeline", "--out", str(tmp_path)]) == 2
-    assert "needs --node" in capsys.readouterr().err
-
-
 @pytest.mark.slow
 def test_node_bench_reports_latency_and_streaming_rate_of_the_pipelined_node(tmp_path):
     out = tmp_path / "bench"
     args = ["bench", "--model", "ovseg-tiny-clip", *MODEL, "--size", "160x120", "--node"]
     args += ["--pipeline", "--proposals", "7", "--iterations", "2", "--warmup", "0"]
+    args += ["--classifier", "crop", "--precision", "fp32"]
     assert main([*args, "--out", str(out)]) == 0
-    node = json.loads((out / "bench.json").read_text())["node"]
+    report = json.loads((out / "bench.json").read_text())
+    node = report["node"]
     assert node["pipeline"] is True
     assert 0 < node["latency"]["p50"] <= node["latency"]["p90"]
     assert node["frames_per_s"] > 0
-    assert "pipeline on" in (out / "bench.md").read_text()
+    (result,) = report["results"]
+    assert result["pipelined_frames_per_s"] > 0 and result["serial_frames_per_s"] > 0
+    stage_ms = sum(result["stages"][stage]["mean"] for stage in SEGMENTER_STAGES)
+    assert result["serial_frames_per_s"] == pytest.approx(1000.0 / stage_ms)
+    markdown = (out / "bench.md").read_text()
+    assert "pipeline on" in markdown and "pipelined (stage 1 of the next frame" in markdown
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@
 # Wheels of the rest (open_clip_torch, ftfy, wcwidth) may lie in .whl/ for machines without a
 # package index:  pip download --no-deps -d .whl open_clip_torch==3.3.0 ftfy wcwidth
 # Writes OUT_DIR/bench.md and bench.json: crop and dense modes, ViT-B-16 with random weights,
-# 640x480, 100 proposals, fp16 and fp32, on the same GPU in one run; then toy-world quality (tiny
+# 640x480, 100 proposals, fp16 and fp32, on the same GPU in one run, each also with stage 1 of
+# the next frame on a second thread (--pipeline); then toy-world quality (tiny
 # CLIP, 50 scenes, both vocabularies) in fp16 and fp32 for both modes into OUT_DIR/quality.md;
 # then fp16 with the paper's MaskFormer proposals (random weights) into OUT_DIR/maskformer; then
 # fp16 with torch.compile into OUT_DIR/compiled.
@@ -19,7 +20,7 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -m ovseg_ros.cli bench --model ViT-B-16 --device cuda --size 640x480 --proposals 100 \
-  --classifier crop dense --precision fp16 fp32 --iterations 20 --warmup 3 --out "$out"
+  --classifier crop dense --precision fp16 fp32 --iterations 20 --warmup 3 --pipeline --out "$out"
 # Toy-world quality on the GPU: does fp16 label as well as fp32?
 for classifier in crop dense; do
   for precision in fp16 fp32; do
