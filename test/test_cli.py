@@ -14,13 +14,19 @@ import torch
 from conftest import REPO_ROOT
 from tiny_model import TINY_CHECKPOINT
 
-from ovseg_ros.benchmark import SEGMENTER_STAGES, PaddedProposals, random_reference_maskformer
+from ovseg_ros.benchmark import (
+    SEGMENTER_STAGES,
+    PaddedProposals,
+    pipelined_frames_per_s,
+    random_reference_maskformer,
+)
 from ovseg_ros.cli import main
 from ovseg_ros.engine import toy_world
 from ovseg_ros.engine.clip_model import load_clip
 from ovseg_ros.engine.maskformer.backbone import RESNET_CONFIGS
 from ovseg_ros.engine.proposals import ProposalGenerator, Proposals
 from ovseg_ros.engine.segmentation import UNLABELED
+from ovseg_ros.engine.segmenter import ThreadSettings
 
 MODEL = ["--checkpoint", str(TINY_CHECKPOINT), "--device", "cpu"]
 
@@ -187,6 +193,35 @@ def test_bench_with_random_weights_runs_the_papers_maskformer_architecture(tmp_p
     assert config.embedding_dim == clip.embed_dim
     masks = generator(np.zeros((48, 64, 3), np.uint8)).masks
     assert masks.shape == (100, 48, 64) and masks.dtype == torch.float32
+
+
+class _FailingStage:
+    """A segmenter stand-in whose propose or segment raises on its third call."""
+
+    def __init__(self, failing: str) -> None:
+        self.failing, self.calls = failing, {"propose": 0, "segment": 0}
+
+    def _call(self, name: str) -> None:
+        self.calls[name] += 1
+        if name == self.failing and self.calls[name] == 3:
+            raise RuntimeError(f"{name} failed")
+
+    def propose(self, image, vocabulary):
+        self._call("propose")
+        return Proposals(torch.ones((1, 4, 4), dtype=torch.bool))
+
+    def segment(self, image, vocabulary, proposals):
+        self._call("segment")
+
+
+@pytest.mark.parametrize("failing", ["propose", "segment"])
+def test_pipelined_timing_reraises_a_stage_failure_and_restores_threads(failing):
+    before = ThreadSettings.current()
+    stage = _FailingStage(failing)
+    with pytest.raises(RuntimeError, match=f"{failing} failed"):
+        pipelined_frames_per_s(stage, None, np.zeros((4, 4, 3), np.uint8), frames=10)
+    assert ThreadSettings.current() == before
+    assert stage.calls["segment"] <= 3 and stage.calls["propose"] <= 11
 
 
 def test_bench_times_every_stage_and_compares_modes_at_one_precision(tmp_path, capsys):
