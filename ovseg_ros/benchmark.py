@@ -28,12 +28,7 @@ from ovseg_ros.engine.maskformer.model import MaskFormer, MaskFormerConfig
 from ovseg_ros.engine.proposals.base import ProposalGenerator, Proposals
 from ovseg_ros.engine.proposals.maskformer import MaskFormerProposalGenerator
 from ovseg_ros.engine.render import render_overlay
-from ovseg_ros.engine.segmenter import (
-    ThreadSettings,
-    TwoStageSegmenter,
-    build_segmenter,
-    pipeline_thread_settings,
-)
+from ovseg_ros.engine.segmenter import TwoStageSegmenter, build_segmenter, enter_pipeline_threads
 from ovseg_ros.engine.vocabulary import EncodedVocabulary, VocabularyEncoder
 
 STAGES = (
@@ -229,8 +224,7 @@ def pipelined_frames_per_s(
     """Frames/s of segmenter on `image` with propose() of the next frame on a second thread while
     segment() of the current one runs, as the node's `pipeline` does (and under its
     pipeline_thread_settings); timed over `frames` results after the first."""
-    before = ThreadSettings.current()
-    pipeline_thread_settings(before).apply()
+    before = enter_pipeline_threads()
     handoff: queue.Queue = queue.Queue(maxsize=1)
 
     def stage_one() -> None:
@@ -326,7 +320,6 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
     frame_ms = _stats(frame_totals)
     pipelined = serial = None
     if settings.pipeline:
-        rgb = cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         pipelined = pipelined_frames_per_s(segmenter, vocabulary, rgb, settings.iterations)
         serial = 1000.0 / sum(stages[stage].mean for stage in SEGMENTER_STAGES)
     return BenchResult(

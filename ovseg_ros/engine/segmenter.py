@@ -275,6 +275,14 @@ def pipeline_thread_settings(before: ThreadSettings) -> ThreadSettings:
     return ThreadSettings(max(1, before.torch_threads - 1), PIPELINE_SWITCH_INTERVAL_S)
 
 
+def enter_pipeline_threads() -> ThreadSettings:
+    """Applies pipeline_thread_settings to this process; returns the settings before, whose
+    apply() restores them."""
+    before = ThreadSettings.current()
+    pipeline_thread_settings(before).apply()
+    return before
+
+
 def build_segmenter(
     model: str,
     pretrained: str | None = None,

@@ -37,7 +37,7 @@ from std_msgs.msg import Header
 from ovseg_ros.engine.prompts import resolve_templates
 from ovseg_ros.engine.proposals import Proposals
 from ovseg_ros.engine.render import class_colors, render_overlay
-from ovseg_ros.engine.segmenter import ThreadSettings, build_segmenter, pipeline_thread_settings
+from ovseg_ros.engine.segmenter import ThreadSettings, build_segmenter, enter_pipeline_threads
 from ovseg_ros.engine.vocabulary import EncodedVocabulary, VocabularyEncoder, validate_class_names
 from ovseg_ros.msg import SegmentationResult, Vocabulary
 from ovseg_ros.ros.conversions import (
@@ -147,9 +147,8 @@ class SegmenterNode(Node):
         if p.pipeline:
             self._prepared = queue.Queue(maxsize=1)
             self._workers.append(threading.Thread(target=self._finish_frames, name="stage2"))
-            self._threads_before = ThreadSettings.current()
-            settings = pipeline_thread_settings(self._threads_before)
-            settings.apply()
+            self._threads_before = enter_pipeline_threads()
+            settings = ThreadSettings.current()
             self.get_logger().info(
                 f"pipeline on: torch CPU threads {self._threads_before.torch_threads} -> "
                 f"{settings.torch_threads}, thread switch interval "
