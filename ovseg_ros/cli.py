@@ -263,6 +263,11 @@ def run_bench(args: argparse.Namespace) -> int:
     """`ovseg bench`: prints the table and writes bench.json / bench.md."""
     from ovseg_ros import benchmark
 
+    if args.iterations < 1 or args.warmup < 0:
+        raise ValueError(
+            f"--iterations must be at least 1 and --warmup at least 0, got {args.iterations} "
+            f"and {args.warmup}"
+        )
     if args.node and args.proposal_generator != "superpixel":
         raise ValueError("--node times the node with its superpixel proposals only")
     width, _, height = args.size.partition("x")

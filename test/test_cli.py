@@ -150,6 +150,12 @@ def test_bench_pads_proposals_with_fixed_boxes_and_drops_the_surplus():
     assert torch.equal(PaddedProposals(_TwoMasks(), 1)(image).masks, first[:1])
 
 
+@pytest.mark.parametrize("counts", [["--iterations", "0"], ["--warmup", "-1"]])
+def test_bench_without_timed_frames_is_refused(tmp_path, capsys, counts):
+    assert main(["bench", *MODEL, *counts, "--out", str(tmp_path)]) == 2
+    assert "--iterations must be at least 1" in capsys.readouterr().err
+
+
 def test_node_bench_with_another_generator_is_refused(tmp_path, capsys):
     args = ["bench", "--proposal-generator", "maskformer", "--node", "--out", str(tmp_path)]
     assert main(args) == 2
