@@ -204,7 +204,7 @@ def tune(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenes", type=int, default=1500, help="training scenes")
+    parser.add_argument("--scenes", type=int, default=3000, help="training scenes")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=12, help="scenes per step")
     parser.add_argument("--lr", type=float, default=1e-3)
