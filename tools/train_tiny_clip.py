@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from ovseg_ros.engine import toy_world
-from ovseg_ros.engine.clip_model import ClipModel, load_clip, read_state_dict
+from ovseg_ros.engine.clip_model import ClipModel, check_state_dict, load_clip, read_state_dict
 from ovseg_ros.engine.crops import masked_crops, normalize_image
 
 MODEL_NAME = "ovseg-tiny-clip"
@@ -343,17 +343,12 @@ def zero_shot_accuracy(
 
 def freeze_text_side(model: open_clip.CLIP, checkpoint: Path) -> None:
     """Copies every tensor outside `visual.` from `checkpoint` into `model` and freezes them;
-    raises SystemExit if the checkpoint lacks one or holds an unknown one."""
-    text_state = {
-        k: v for k, v in read_state_dict(checkpoint).items() if not k.startswith("visual.")
-    }
-    result = model.load_state_dict(text_state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("visual.")]
-    if missing or result.unexpected_keys:
-        raise SystemExit(
-            f"{checkpoint} does not match the text side of {MODEL_NAME}: missing {missing}, "
-            f"unexpected {result.unexpected_keys}"
-        )
+    raises CheckpointMismatchError (clip_model.check_state_dict) if the checkpoint's text side
+    lacks a tensor, holds an unknown one or one of another shape."""
+    state = {k: v for k, v in model.state_dict().items() if k.startswith("visual.")}
+    state |= {k: v for k, v in read_state_dict(checkpoint).items() if not k.startswith("visual.")}
+    check_state_dict(model, state, str(checkpoint))
+    model.load_state_dict(state)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith("visual."))
 
