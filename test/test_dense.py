@@ -1,4 +1,4 @@
-"""Dense mode: the mask-restricted last block reproduces CLIP where it should."""
+"""Dense mode: the mask-restricted class tokens reproduce CLIP where they should."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def test_full_mask_attention_is_the_blocks_own_class_token(tiny_clip):
     tokens = torch.randn(1, 1 + 16, width)
     with torch.inference_mode():
         expected = block(tokens)[0, 0]
-        got = mask_attention_class_tokens(block, tokens, torch.ones(3, 16))
+        got = mask_attention_class_tokens(
+            block, tokens, tokens[0, :1].expand(3, -1), torch.ones(3, 16)
+        )
     for row in got:
         torch.testing.assert_close(row, expected, rtol=1e-5, atol=1e-5)
 
@@ -45,23 +47,47 @@ def test_excluded_patches_do_not_matter(tiny_clip):
     weights = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]])
     changed = tokens.clone()
     changed[0, 1 + torch.tensor([2, 3, 5, 6, 7])] = torch.randn(5, width)
+    class_token = torch.randn(1, width)
     with torch.inference_mode():
-        a = mask_attention_class_tokens(block, tokens, weights)
-        b = mask_attention_class_tokens(block, changed, weights)
-        only_kept = mask_attention_class_tokens(block, tokens[:, [0, 1, 2, 5]], torch.ones(1, 3))
+        a = mask_attention_class_tokens(block, tokens, class_token, weights)
+        b = mask_attention_class_tokens(block, changed, class_token, weights)
+        kept = tokens[:, [0, 1, 2, 5]]
+        only_kept = mask_attention_class_tokens(block, kept, class_token, torch.ones(1, 3))
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a, only_kept, rtol=1e-5, atol=1e-5)
 
 
-def test_whole_image_mask_at_native_size_is_clips_image_embedding(tiny_clip):
+@pytest.mark.parametrize("masked_blocks", [1, 2, 4, 9])
+def test_whole_image_mask_at_native_size_is_clips_image_embedding(tiny_clip, masked_blocks):
     image = np.random.default_rng(0).integers(0, 255, (*tiny_clip.image_size, 3), dtype=np.uint8)
+    grid = tiny_clip.model.visual.grid_size[0]
     extractor = DenseFeatureExtractor(
-        tiny_clip, DenseConfig(short_side_patches=tiny_clip.model.visual.grid_size[0])
+        tiny_clip, DenseConfig(short_side_patches=grid, masked_blocks=masked_blocks)
     )
     dense = extractor.mask_embeddings(image, torch.ones(1, *tiny_clip.image_size))
     normalized = normalize_image(image, tiny_clip.mean, tiny_clip.std)
     expected = tiny_clip.encode_images(normalized[None])
     torch.testing.assert_close(dense, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_each_masks_embedding_is_independent_of_the_other_masks(tiny_clip):
+    image = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    masks = torch.zeros(3, 96, 128, dtype=torch.bool)
+    masks[0, 10:50, 20:70] = True
+    masks[1, 40:, :60] = True
+    masks[2, :, 100:] = True
+    extractor = DenseFeatureExtractor(tiny_clip)
+    together = extractor.mask_embeddings(image, masks)
+    for index in range(3):
+        alone = extractor.mask_embeddings(image, masks[index : index + 1])
+        torch.testing.assert_close(together[index : index + 1], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_dense_config_refuses_fewer_than_one_patch_or_masked_block():
+    with pytest.raises(ValueError, match="at least 1"):
+        DenseConfig(short_side_patches=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        DenseConfig(masked_blocks=0)
 
 
 def test_positional_embedding_kept_at_trained_grid_and_resized_otherwise(tiny_clip):

@@ -46,11 +46,13 @@ def test_fixture_was_trained_in_the_text_space_of_the_committed_tiny_clip():
 
 @pytest.mark.slow
 def test_ensemble_beats_the_network_alone_on_unseen_shapes():
+    """100 scenes: the unseen shapes' IoUs are small (about 8 to 14 %), and on the first 40 alone
+    the committed tiny CLIP's gain was within scene-sampling noise (+0.02 points, +2.7 on 100)."""
     clip = load_clip(TINY_MODEL, checkpoint=default_checkpoint(), device="cpu")
     generator = MaskFormerProposalGenerator(device="cpu", clip=clip)
     templates = json.loads(read_metadata(default_maskformer_checkpoint())["templates"])
     start = toy_world.EVAL_SEEDS.start
-    dataset = ToyWorldDataset("shape", seeds=range(start, start + 40))
+    dataset = ToyWorldDataset("shape", seeds=range(start, start + 100))
     vocabulary = VocabularyEncoder(clip).encode(dataset.class_names, templates)
     result = compare_classifiers(clip, generator, vocabulary, dataset, ensemble_weights=(0.8,))
     network, ensemble = result.network_only, result.ensemble[0.8]

@@ -18,9 +18,6 @@ HELD_OUT = range(toy_world.EVAL_SEEDS.start, toy_world.EVAL_SEEDS.start + 50)
 MIOU_BAR = 0.85
 DENSE_GAP = 0.05
 """The dense classifier's mIoU may trail the crop classifier's by at most this much."""
-DENSE_SHAPES_FLOOR = 0.60
-"""Dense mIoU on shapes must not fall back: 67.6 % (crop 94.0 %) when the committed tiny CLIP was
-made, 38.2 % with the tiny CLIP before it was retrained with zoomed-out crops."""
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +53,16 @@ def test_miou_on_fifty_held_out_scenes(evaluations, label_space):
 
 
 @pytest.mark.slow
-def test_dense_classifier_miou_close_to_the_crop_classifier_on_colors(evaluations):
-    """Colors, like most real-world categories, show in every patch of an object. (The toy shape
-    classes differ only in outline, which the tiny CLIP's mask-pooled patch features partly miss;
-    see the next test and the README.)"""
-    crop = evaluations("color", "crop").metrics
-    dense = evaluations("color", "dense").metrics
+@pytest.mark.parametrize("label_space", ["shape", "color"])
+def test_dense_classifier_miou_close_to_the_crop_classifier(evaluations, label_space):
+    """Within DENSE_GAP on both label spaces. Shapes are the hard case: they differ only in
+    outline, which the dense path sees at the scale the shape has in the frame (dense 92.2 % against
+    crop 94.4 % when the committed tiny CLIP was made; 67.6 % dense with the class token masked in
+    the last block only)."""
+    crop = evaluations(label_space, "crop").metrics
+    dense = evaluations(label_space, "dense").metrics
     assert dense.num_pixels == crop.num_pixels
     assert dense.miou >= crop.miou - DENSE_GAP, (dense.miou, crop.miou)
-
-
-@pytest.mark.slow
-def test_dense_classifier_on_shapes_stays_above_the_committed_models_floor(evaluations):
-    dense = evaluations("shape", "dense").metrics
-    assert dense.miou >= DENSE_SHAPES_FLOOR, dense.to_dict()
 
 
 @pytest.mark.slow

@@ -1,12 +1,13 @@
 """Dense mode: one CLIP image-tower forward per frame instead of one per mask.
 
 The whole frame goes through the ViT once, resized so that its short side spans a fixed number of
-patches (positional embeddings resized to that grid), up to its last block. The last block is then
-run once per mask for the class token only, with its attention restricted to the mask: the class
-token attends to itself and to the patches the mask covers, each patch weighted by the fraction of
-it inside the mask (MaskCLIP-style mask-restricted attention, training-free). The rest of the
-block, the final norm and the projection are CLIP's own, so each mask gets an embedding of the kind
-CLIP gives a crop, at the cost of one frame forward plus one attention row per mask.
+patches (positional embeddings resized to that grid). Each mask gets its own copy of the class
+token, which runs through the tower's last few blocks attending only to itself and to the patches
+the mask covers, each patch weighted by the fraction of it inside the mask (mask-restricted
+attention of the kind MaskCLIP and SAN use, training-free). The patch tokens are computed once per
+frame and never see the masks. Everything else in those blocks, the final norm and the projection
+are CLIP's own, so each mask gets an embedding of the kind CLIP gives a crop, at the cost of one
+frame forward plus one attention row per mask and masked block.
 """
 
 from __future__ import annotations
@@ -25,9 +26,22 @@ from ovseg_ros.engine.crops import normalize_image
 class DenseConfig:
     """short_side_patches: the frame is resized so that its short side spans this many patches
     (the long side keeps the aspect ratio): 24 is 384 px for a ViT-B/16, 192 px for the tiny
-    CLIP's 8-px patches."""
+    CLIP's 8-px patches.
+
+    masked_blocks: the mask's class token runs through this many of the tower's last blocks (all of
+    them if it has fewer): 1 restricts the last block only; more lets the class token gather from
+    the mask's patches earlier, as CLIP's class token does in a crop. At least 1.
+    """
 
     short_side_patches: int = 24
+    masked_blocks: int = 4
+
+    def __post_init__(self) -> None:
+        if self.short_side_patches < 1 or self.masked_blocks < 1:
+            raise ValueError(
+                f"short_side_patches and masked_blocks must be at least 1, got "
+                f"{self.short_side_patches} and {self.masked_blocks}"
+            )
 
 
 def resized_positional_embedding(visual: torch.nn.Module, grid: tuple[int, int]) -> torch.Tensor:
@@ -75,31 +89,37 @@ def check_dense_support(clip: ClipModel) -> None:
 
 
 def mask_attention_class_tokens(
-    block: torch.nn.Module, tokens: torch.Tensor, patch_weights: torch.Tensor
+    block: torch.nn.Module,
+    tokens: torch.Tensor,
+    class_tokens: torch.Tensor,
+    patch_weights: torch.Tensor,
 ) -> torch.Tensor:
-    """The class token's output of a transformer block, once per mask.
+    """The class tokens' outputs of a transformer block, one class token per mask.
 
-    block: an open_clip ResidualAttentionBlock; tokens: (1, 1 + P, W) entering it (class token
-    first); patch_weights: (N, P) in [0, 1], each patch's share inside mask n.
-    Returns (N, W): x_cls + attention restricted to {class token} and the mask's patches (a
+    block: an open_clip ResidualAttentionBlock; tokens: (1, 1 + P, W) the frame's tokens entering
+    it (class token first, unused here); class_tokens: (N, W) mask n's class token entering it;
+    patch_weights: (N, P) in [0, 1], each patch's share inside mask n.
+    Returns (N, W): each class token plus its attention over {itself} and mask n's patches (a
     patch's attention weight scaled by its share), then the block's MLP.
     """
     attention: torch.nn.MultiheadAttention = block.attn
     heads = attention.num_heads
-    width = tokens.shape[-1]
+    count, width = class_tokens.shape
     head_width = width // heads
-    normed = block.ln_1(tokens)[0]
-    q, k, v = F.linear(normed, attention.in_proj_weight, attention.in_proj_bias).chunk(3, -1)
-    q = q[:1].reshape(heads, 1, head_width)
-    k = k.reshape(-1, heads, head_width).transpose(0, 1)
-    v = v.reshape(-1, heads, head_width).transpose(0, 1)
-    logits = (q @ k.transpose(-2, -1)) * head_width**-0.5  # (heads, 1, 1 + P)
-    weights = torch.cat([patch_weights.new_ones(patch_weights.shape[0], 1), patch_weights], dim=1)
-    bias = weights.clamp(min=1e-12).log().to(logits.dtype)  # (N, 1 + P); -27.6 ~ excluded
-    bias[weights == 0] = float("-inf")
-    attended = torch.softmax(logits[None] + bias[:, None, None, :], dim=-1) @ v[None]
-    attended = attended.reshape(-1, width)  # (N, heads * head_width)
-    x = tokens[0, :1] + block.ls_1(attention.out_proj(attended))
+    projection = (attention.in_proj_weight, attention.in_proj_bias)
+    _, patch_k, patch_v = F.linear(block.ln_1(tokens[0, 1:]), *projection).chunk(3, -1)
+    q, k, v = F.linear(block.ln_1(class_tokens), *projection).chunk(3, -1)
+    q, k, v = (t.reshape(count, heads, head_width) for t in (q, k, v))
+    patch_k = patch_k.reshape(-1, heads, head_width).transpose(0, 1)  # (heads, P, head_width)
+    patch_v = patch_v.reshape(-1, heads, head_width).transpose(0, 1)
+    bias = patch_weights.clamp(min=1e-12).log().to(q.dtype)  # -27.6 ~ excluded
+    bias = bias.masked_fill(patch_weights == 0, float("-inf"))
+    scale = head_width**-0.5
+    own_logits = (q * k).sum(-1, keepdim=True) * scale  # (N, heads, 1)
+    patch_logits = torch.einsum("nhd,hpd->nhp", q, patch_k) * scale + bias[:, None, :]
+    weights = torch.softmax(torch.cat([own_logits, patch_logits], -1), -1)
+    attended = weights[..., :1] * v + torch.einsum("nhp,hpd->nhd", weights[..., 1:], patch_v)
+    x = class_tokens + block.ls_1(attention.out_proj(attended.reshape(count, width)))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
@@ -111,8 +131,8 @@ class DenseFeatureExtractor:
         self.config = config or DenseConfig()
 
     def frame_tokens(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """image: (H, W, 3) uint8 RGB -> (tokens entering the last block: (1, 1 + gh * gw, W),
-        (gh, gw) the patch grid, min(gh, gw) = short_side_patches)."""
+        """image: (H, W, 3) uint8 RGB -> (tokens entering the first masked block:
+        (1, 1 + gh * gw, W), (gh, gw) the patch grid, min(gh, gw) = short_side_patches)."""
         check_dense_support(self.clip)
         visual = self.clip.model.visual
         height, width = image.shape[:2]
@@ -129,24 +149,33 @@ class DenseFeatureExtractor:
             x = torch.cat([cls, x], dim=1)
             x = x + resized_positional_embedding(visual, grid).to(x.dtype)
             x = visual.ln_pre(x)
-            for block in visual.transformer.resblocks[:-1]:
+            for block in self.shared_blocks():
                 x = block(x)
         return x, grid
 
+    def shared_blocks(self) -> list[torch.nn.Module]:
+        """The tower's blocks before the masked ones, run once per frame for every token."""
+        blocks = list(self.clip.model.visual.transformer.resblocks)
+        return blocks[: max(0, len(blocks) - self.config.masked_blocks)]
+
     def share_embeddings(self, tokens: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
         """tokens: (1, 1 + P, W) from frame_tokens; shares: (N, gh, gw) from patch_shares ->
-        (N, D) float32 unit-norm embeddings: the last block for the class token once per mask
-        (64 masks at a time), the final norm and the projection. Differentiable."""
+        (N, D) float32 unit-norm embeddings: the masked blocks (one class token per mask, the
+        frame's patch tokens through every masked block but the last), the final norm and the
+        projection. Differentiable."""
         visual = self.clip.model.visual
-        embeddings = []
-        with self.clip.autocast():
-            for start in range(0, shares.shape[0], 64):
-                chunk = shares[start : start + 64].flatten(1).to(tokens.device)
-                x = mask_attention_class_tokens(visual.transformer.resblocks[-1], tokens, chunk)
-                embeddings.append(visual.ln_post(x) @ visual.proj)
-        if not embeddings:
+        if shares.shape[0] == 0:
             return torch.zeros((0, self.clip.embed_dim), device=self.clip.device)
-        return F.normalize(torch.cat(embeddings).float(), dim=-1)
+        masked = list(visual.transformer.resblocks)[len(self.shared_blocks()) :]
+        weights = shares.flatten(1).to(tokens.device)
+        with self.clip.autocast():
+            class_tokens = tokens[0, :1].expand(weights.shape[0], -1)
+            for index, block in enumerate(masked):
+                class_tokens = mask_attention_class_tokens(block, tokens, class_tokens, weights)
+                if index < len(masked) - 1:
+                    tokens = block(tokens)
+            embeddings = visual.ln_post(class_tokens) @ visual.proj
+        return F.normalize(embeddings.float(), dim=-1)
 
     @torch.inference_mode()
     def mask_embeddings(self, image: np.ndarray, masks: torch.Tensor) -> torch.Tensor:

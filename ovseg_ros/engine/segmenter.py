@@ -54,7 +54,7 @@ class SegmenterConfig:
     ensemble_weight: lambda of the geometric ensemble with proposal class scores (used only
         when the proposal generator scores its masks; 0 uses CLIP alone, as the reference).
     classifier: "crop", one CLIP forward per mask crop (the paper), or "dense", one CLIP
-        forward per frame with each mask's embedding pooled from patch features (dense.py).
+        forward per frame, each mask's class token attending only to its patches (dense.py).
     """
 
     mask_threshold: float = 0.5

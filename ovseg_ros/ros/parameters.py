@@ -132,7 +132,7 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
     ),
     "classifier": (
         "crop: one CLIP forward per proposal (the paper); dense: one forward per frame, "
-        "proposal embeddings pooled from patch features (several times faster).",
+        "each proposal's class token attending only to its patches (several times faster).",
         {},
     ),
     "ensemble_weight": (
