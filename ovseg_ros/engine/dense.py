@@ -149,14 +149,14 @@ class DenseFeatureExtractor:
             x = torch.cat([cls, x], dim=1)
             x = x + resized_positional_embedding(visual, grid).to(x.dtype)
             x = visual.ln_pre(x)
-            for block in self.shared_blocks():
+            for block in visual.transformer.resblocks[: self.first_masked_block()]:
                 x = block(x)
         return x, grid
 
-    def shared_blocks(self) -> list[torch.nn.Module]:
-        """The tower's blocks before the masked ones, run once per frame for every token."""
-        blocks = list(self.clip.model.visual.transformer.resblocks)
-        return blocks[: max(0, len(blocks) - self.config.masked_blocks)]
+    def first_masked_block(self) -> int:
+        """Index of the first block the masks' class tokens run through; the blocks before it
+        run once per frame for every token."""
+        return max(0, len(self.clip.model.visual.transformer.resblocks) - self.config.masked_blocks)
 
     def share_embeddings(self, tokens: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
         """tokens: (1, 1 + P, W) from frame_tokens; shares: (N, gh, gw) from patch_shares ->
@@ -166,7 +166,7 @@ class DenseFeatureExtractor:
         visual = self.clip.model.visual
         if shares.shape[0] == 0:
             return torch.zeros((0, self.clip.embed_dim), device=self.clip.device)
-        masked = list(visual.transformer.resblocks)[len(self.shared_blocks()) :]
+        masked = visual.transformer.resblocks[self.first_masked_block() :]
         weights = shares.flatten(1).to(tokens.device)
         with self.clip.autocast():
             class_tokens = tokens[0, :1].expand(weights.shape[0], -1)
