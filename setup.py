@@ -1,7 +1,9 @@
-"""`pip install .` installs the ROS-free engine and the `ovseg` command.
+"""`pip install .` installs the ROS-free engine, the `ovseg` command and the bundled models.
 
 Inside a ROS 2 workspace the package is built by colcon (CMakeLists.txt), which also generates the
-messages; the ROS nodes need rclpy from a ROS install or the ROS 2 PyPI wheels.
+messages and installs models/ to share/ovseg_ros; the ROS nodes need rclpy from a ROS install or
+the ROS 2 PyPI wheels. A wheel ships models/ as the package data `ovseg_ros/models/`, where
+clip_model.package_roots() finds it.
 """
 
 from pathlib import Path
@@ -20,8 +22,12 @@ setup(
     description="Open-vocabulary semantic segmentation (Xu et al., ECCV 2022) for ROS 2",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["ovseg_ros", "ovseg_ros.*"]),
-    package_data={"ovseg_ros.engine": ["model_configs/*.json"]},
+    packages=[*find_packages(include=["ovseg_ros", "ovseg_ros.*"]), "ovseg_ros.models"],
+    package_dir={"ovseg_ros.models": "models"},
+    package_data={
+        "ovseg_ros.engine": ["model_configs/*.json"],
+        "ovseg_ros.models": ["*.safetensors"],
+    },
     install_requires=requirements,
     entry_points={
         "console_scripts": [

@@ -1,96 +1,85 @@
-"""Launches ovseg_segmenter (one per camera) and, optionally, RViz2 showing the overlay.
+"""Launches ovseg_segmenter (one per camera) and, optionally, RViz2 showing each overlay.
 
 ros2 launch ovseg_ros segmenter.launch.py image:=/camera/color/image_raw
+ros2 launch ovseg_ros segmenter.launch.py namespace:=robot1 rviz:=true
 ros2 launch ovseg_ros segmenter.launch.py cameras:=front:/front/image_raw,rear:/rear/image_raw
-ros2 launch ovseg_ros segmenter.launch.py vocabulary:="['person', 'chair']" rviz:=true
+ros2 launch ovseg_ros segmenter.launch.py model:=ViT-B-16 pretrained:=openai device:=cuda
+
+Thin wiring only: ovseg_ros.launch_plan decides what starts (and is tested without `launch`).
+A bad argument, or rviz:=true without RViz2, stops the launch before anything starts; a
+segmenter that exits on its own stops the whole launch, with exit code 1 unless it exited 0.
 """
 
+import os
 from pathlib import Path
 
 import yaml
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, Shutdown
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from launch import LaunchDescription
+from launch import LaunchContext, LaunchDescription
+from ovseg_ros.launch_plan import (
+    LaunchError,
+    SegmenterSpec,
+    launch_arguments,
+    plan_launch,
+    segmenter_exit_message,
+    write_rviz_config,
+)
 
 SHARE = Path(get_package_share_directory("ovseg_ros"))
+ARGUMENTS = launch_arguments(params_file=str(SHARE / "config" / "segmenter.yaml"))
 
 
-def _segmenters(context):
-    """One segmenter node per camera: `cameras` (ns:topic,...) or the single `image` topic."""
-    value = LaunchConfiguration("cameras").perform(context).strip()
-    if value:
-        cameras = [tuple(item.split(":", 1)) for item in value.split(",") if item.strip()]
-    else:
-        namespace = LaunchConfiguration("namespace").perform(context)
-        cameras = [(namespace, LaunchConfiguration("image").perform(context))]
-    compressed = LaunchConfiguration("compressed").perform(context).lower() == "true"
-    overrides = {"input_transport": "compressed" if compressed else "raw"}
-    vocabulary = LaunchConfiguration("vocabulary").perform(context).strip()
-    if vocabulary:
-        names = yaml.safe_load(vocabulary) if vocabulary.startswith("[") else vocabulary.split(",")
-        overrides["vocabulary"] = [str(name).strip() for name in names]
-    params_file = LaunchConfiguration("params_file").perform(context)
-    nodes = []
-    for namespace, image_topic in cameras:
-        input_topic = "image/compressed" if compressed else "image"
-        source = f"{image_topic}/compressed" if compressed else image_topic
-        nodes.append(
-            Node(
-                package="ovseg_ros",
-                executable="ovseg_segmenter",
-                namespace=namespace.strip(),
-                parameters=[params_file, overrides],
-                remappings=[(input_topic, source.strip())],
-                output="screen",
-            )
+def _on_segmenter_exit(spec: SegmenterSpec):
+    """OnProcessExit callback: stops the launch when the segmenter exits while it runs. Only an
+    exception makes `ros2 launch` exit non-zero (LaunchService.run returns 1 and logs the
+    message on one line); the Shutdown action alone would exit 0."""
+
+    def on_exit(event, context: LaunchContext):
+        if context.is_shutdown:
+            return None
+        message = segmenter_exit_message(spec.full_name, event.returncode)
+        if event.returncode != 0:
+            raise LaunchError(message)
+        return [Shutdown(reason=message)]
+
+    return on_exit
+
+
+def _launch_setup(context: LaunchContext) -> list:
+    values = {a.name: LaunchConfiguration(a.name).perform(context) for a in ARGUMENTS}
+    plan = plan_launch(
+        values,
+        rviz_template=yaml.safe_load((SHARE / "config" / "ovseg.rviz").read_text()),
+        base_namespace=context.launch_configurations.get("ros_namespace") or "",
+        ament_prefix_path=os.environ.get("AMENT_PREFIX_PATH", ""),
+    )
+    actions = []
+    for spec in plan.segmenters:
+        node = Node(
+            package="ovseg_ros",
+            executable="ovseg_segmenter",
+            name=spec.node_name,
+            namespace=spec.namespace,
+            parameters=[spec.params_file, spec.parameters],
+            remappings=list(spec.remappings),
+            output="screen",
         )
-    return nodes
+        exit_handler = OnProcessExit(target_action=node, on_exit=_on_segmenter_exit(spec))
+        actions += [RegisterEventHandler(exit_handler), node]
+    if plan.rviz_config is not None:
+        rviz_file = write_rviz_config(plan.rviz_config)
+        actions.append(Node(package="rviz2", executable="rviz2", arguments=["-d", str(rviz_file)]))
+    return actions
 
 
 def generate_launch_description() -> LaunchDescription:
-    return LaunchDescription(
-        [
-            DeclareLaunchArgument(
-                "image",
-                default_value="/camera/color/image_raw",
-                description="Input image topic (sensor_msgs/Image).",
-            ),
-            DeclareLaunchArgument(
-                "compressed",
-                default_value="false",
-                description="Subscribe to <image>/compressed instead.",
-            ),
-            DeclareLaunchArgument(
-                "params_file",
-                default_value=str(SHARE / "config" / "segmenter.yaml"),
-                description="Parameter YAML for the segmenter.",
-            ),
-            DeclareLaunchArgument(
-                "namespace", default_value="", description="Namespace of the segmenter node."
-            ),
-            DeclareLaunchArgument(
-                "cameras",
-                default_value="",
-                description="Several cameras: ns:topic,ns:topic (one node each).",
-            ),
-            DeclareLaunchArgument(
-                "vocabulary",
-                default_value="",
-                description="Vocabulary override, e.g. \"['person', 'chair']\".",
-            ),
-            DeclareLaunchArgument(
-                "rviz", default_value="false", description="Start RViz2 with config/ovseg.rviz."
-            ),
-            OpaqueFunction(function=_segmenters),
-            Node(
-                package="rviz2",
-                executable="rviz2",
-                arguments=["-d", str(SHARE / "config" / "ovseg.rviz")],
-                condition=IfCondition(LaunchConfiguration("rviz")),
-            ),
-        ]
-    )
+    declarations = [
+        DeclareLaunchArgument(a.name, default_value=a.default, description=a.description)
+        for a in ARGUMENTS
+    ]
+    return LaunchDescription([*declarations, OpaqueFunction(function=_launch_setup)])

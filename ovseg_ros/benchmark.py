@@ -25,14 +25,22 @@ from ovseg_ros.engine import toy_world
 from ovseg_ros.engine.clip_model import ClipModel
 from ovseg_ros.engine.maskformer.checkpoint import save_maskformer
 from ovseg_ros.engine.maskformer.model import MaskFormer, MaskFormerConfig
+from ovseg_ros.engine.options import DEFAULT_MAX_IMAGE_SIDE
 from ovseg_ros.engine.proposals.base import ProposalGenerator, Proposals
 from ovseg_ros.engine.proposals.maskformer import MaskFormerProposalGenerator
 from ovseg_ros.engine.render import render_overlay
-from ovseg_ros.engine.segmenter import TwoStageSegmenter, build_segmenter, enter_pipeline_threads
+from ovseg_ros.engine.segmenter import (
+    SegmenterConfig,
+    TwoStageSegmenter,
+    build_segmenter,
+    enter_pipeline_threads,
+    processing_size,
+)
 from ovseg_ros.engine.vocabulary import EncodedVocabulary, VocabularyEncoder
 
 STAGES = (
     "decode",
+    "resize",
     "proposals",
     "crops",
     "clip_image",
@@ -41,14 +49,17 @@ STAGES = (
     "render",
     "convert",
 )
-"""Per-frame stages reported, in pipeline order (convert: Segmentation -> ROS messages)."""
+"""Per-frame stages reported, in pipeline order (resize: the downscale to the processing size,
+only when the frame is larger; convert: Segmentation -> ROS messages)."""
 
 VOCABULARY = ["person", "chair", "table", "floor", "wall", "door", "window", "plant"]
 
 
 @dataclass
 class BenchSettings:
-    """What to benchmark. weights: exactly one of pretrained, checkpoint, or neither (random)."""
+    """What to benchmark. weights: exactly one of pretrained, checkpoint, or neither (random).
+    width x height: the frame's size; max_image_side: SegmenterConfig.max_image_side, the
+    processing size (0 = the frame's own)."""
 
     model: str = "ViT-B-16"
     pretrained: str | None = None
@@ -64,6 +75,7 @@ class BenchSettings:
     iterations: int = 5
     warmup: int = 1
     pipeline: bool = False
+    max_image_side: int = DEFAULT_MAX_IMAGE_SIDE
 
 
 @dataclass
@@ -271,12 +283,15 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
         precision=settings.precision,
         proposal_generator="superpixel" if random_maskformer else settings.proposal_generator,
         max_proposals=settings.proposals,
+        config=SegmenterConfig(max_image_side=settings.max_image_side),
         random_weights=random_weights,
         compile_image_tower=settings.compile_image_tower,
     )
     if random_maskformer:
         segmenter.proposals = random_reference_maskformer(
-            segmenter.clip, (settings.height, settings.width), settings.proposals
+            segmenter.clip,
+            processing_size(settings.height, settings.width, settings.max_image_side),
+            settings.proposals,
         )
     segmenter.config.classifier = settings.classifier
     segmenter.proposals = PaddedProposals(segmenter.proposals, settings.proposals)
@@ -321,7 +336,9 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
     pipelined = serial = None
     if settings.pipeline:
         pipelined = pipelined_frames_per_s(segmenter, vocabulary, rgb, settings.iterations)
-        serial = 1000.0 / sum(stages[stage].mean for stage in SEGMENTER_STAGES)
+        serial = 1000.0 / sum(
+            stages[stage].mean for stage in ("resize", *SEGMENTER_STAGES) if stage in stages
+        )
     return BenchResult(
         settings=settings,
         stages=stages,
@@ -333,6 +350,17 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
         dtype=segmenter.clip.dtype_name,
         pipelined_frames_per_s=pipelined,
         serial_frames_per_s=serial,
+    )
+
+
+def _size_cell(settings: BenchSettings) -> str:
+    """ "WxH", with the processing size when the frame is downscaled: "1920x1080 (at 640x360)"."""
+    height, width = processing_size(settings.height, settings.width, settings.max_image_side)
+    cell = f"{settings.width}x{settings.height}"
+    return (
+        cell
+        if (height, width) == (settings.height, settings.width)
+        else f"{cell} (at {width}x{height})"
     )
 
 
@@ -363,7 +391,7 @@ def format_report(
             s.classifier,
             s.device,
             f"{s.precision} ({result.dtype})" + (", compiled" if s.compile_image_tower else ""),
-            f"{s.width}x{s.height}",
+            _size_cell(s),
             f"{result.proposals_per_frame:.0f} {s.proposal_generator}",
         ]
         cells += [
@@ -472,6 +500,7 @@ def run_node_benchmark(settings: BenchSettings) -> NodeFigures:
             "precision": settings.precision,
             "compile_image_tower": settings.compile_image_tower,
             "max_proposals": settings.proposals,
+            "max_image_side": settings.max_image_side,
             "classifier": settings.classifier,
             "vocabulary": VOCABULARY,
             "prompt_templates": ["single"],

@@ -5,41 +5,42 @@
     ovseg eval /data/ade20k-150 --model ViT-B-16 --pretrained openai
 
 Without --pretrained or --checkpoint, the project's tiny toy-world CLIP (ovseg-tiny-clip) loads
-from the committed models/ folder (source checkout or ROS share directory); other models
-default to open_clip's "openai" weights where those exist.
+from the bundled models/ folder (installed package, source checkout or ROS share directory);
+other models default to open_clip's "openai" weights where those exist. --checkpoint overrides
+--pretrained. Every failure is one line on stderr and a non-zero exit status.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
-import cv2
-import numpy as np
-import open_clip
-
-from ovseg_ros.engine.clip_model import (
+from ovseg_ros.engine.options import (
+    CLASSIFIERS,
+    DEFAULT_CLASSIFIER,
+    DEFAULT_MASK_THRESHOLD,
+    DEFAULT_MAX_IMAGE_SIDE,
+    DEFAULT_MIN_PROPOSAL_AREA,
+    DEFAULT_PROPOSAL_GENERATOR,
+    DEFAULT_UNLABELED_THRESHOLD,
     DEVICES,
     PRECISIONS,
+    PROPOSAL_GENERATORS,
     TINY_MODEL,
-    CheckpointMismatchError,
-    WeightsNotFoundError,
-    default_checkpoint,
 )
-from ovseg_ros.engine.datasets import DatasetError, FolderDataset, ToyWorldDataset
-from ovseg_ros.engine.evaluate import evaluate, metrics_markdown
-from ovseg_ros.engine.proposals import DEFAULT_PROPOSAL_GENERATOR, proposal_generator_names
-from ovseg_ros.engine.render import render_overlay
-from ovseg_ros.engine.segmenter import (
-    CLASSIFIERS,
-    SegmenterConfig,
-    TwoStageSegmenter,
-    build_segmenter,
-)
-from ovseg_ros.engine.vocabulary import VocabularyEncoder, parse_class_list
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ovseg_ros.engine.segmenter import TwoStageSegmenter
+
+# torch, open_clip and OpenCV are imported inside the functions that use them, so that building
+# the parser (and answering --help) takes a fraction of a second.
 
 
 class ProgressBar:
@@ -67,12 +68,61 @@ class ProgressBar:
         sys.stderr.flush()
 
 
+def _number(text: str, kind: type[int] | type[float]) -> int | float:
+    """`text` as an int or a finite float; ArgumentTypeError otherwise."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not {'an integer' if kind is int else 'a number'}: {text!r}"
+        ) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    value = _number(text, float)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    """argparse type: "WIDTHxHEIGHT" -> (width, height), both >= 1."""
+    width, separator, height = text.lower().partition("x")
+    if separator and width.isdigit() and height.isdigit() and int(width) and int(height):
+        return int(width), int(height)
+    raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x480, got {text!r}")
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every subcommand that builds a segmenter."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=TINY_MODEL, help="open_clip model name (%(default)s)")
     group.add_argument("--pretrained", help="open_clip pretrained tag, e.g. openai")
-    group.add_argument("--checkpoint", help="local weights file (safetensors or state dict)")
+    group.add_argument(
+        "--checkpoint",
+        help="local weights file (safetensors or state dict; overrides --pretrained); a relative "
+        "path is looked up in the working directory, then in the installed package",
+    )
     group.add_argument("--device", default="auto", choices=DEVICES)
     group.add_argument(
         "--precision",
@@ -92,38 +142,55 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--proposals",
         default=DEFAULT_PROPOSAL_GENERATOR,
-        choices=proposal_generator_names(),
+        choices=PROPOSAL_GENERATORS,
         help="stage-1 proposal generator (%(default)s)",
     )
-    group.add_argument("--max-proposals", type=int, default=100, help="(%(default)s)")
+    group.add_argument("--max-proposals", type=_positive, default=100, help="(%(default)s)")
     group.add_argument(
         "--proposal-checkpoint", help="weights of the maskformer generator (default: bundled)"
     )
     group.add_argument(
         "--classifier",
-        default=SegmenterConfig.classifier,
+        default=DEFAULT_CLASSIFIER,
         choices=CLASSIFIERS,
         help="crop: one CLIP forward per mask (the paper); dense: one per frame (%(default)s)",
     )
     group.add_argument(
-        "--mask-threshold", type=float, default=SegmenterConfig.mask_threshold, help="(%(default)s)"
+        "--mask-threshold", type=_fraction, default=DEFAULT_MASK_THRESHOLD, help="(%(default)s)"
     )
     group.add_argument(
         "--min-proposal-area",
-        type=int,
-        default=SegmenterConfig.min_proposal_area,
+        type=_count,
+        default=DEFAULT_MIN_PROPOSAL_AREA,
         help="proposals with fewer pixels are dropped before CLIP (%(default)s)",
     )
     group.add_argument(
         "--unlabeled-threshold",
-        type=float,
-        default=SegmenterConfig.unlabeled_threshold,
+        type=_fraction,
+        default=DEFAULT_UNLABELED_THRESHOLD,
         help="pixels scoring below it are left unlabeled (%(default)s)",
+    )
+    _add_max_image_side(group)
+
+
+def _add_max_image_side(parser: argparse._ActionsContainer) -> None:
+    """The processing-size option, shared by the model options and `bench`."""
+    parser.add_argument(
+        "--max-image-side",
+        type=_count,
+        default=DEFAULT_MAX_IMAGE_SIDE,
+        help="processing size: images with a longer side are downscaled to it for both stages, "
+        "results come back at full size; 0 = native (%(default)s)",
     )
 
 
 def _build(args: argparse.Namespace) -> TwoStageSegmenter:
     """The segmenter the model options describe, with the weight source defaults applied."""
+    import open_clip
+
+    from ovseg_ros.engine.clip_model import default_checkpoint
+    from ovseg_ros.engine.segmenter import SegmenterConfig, build_segmenter
+
     pretrained, checkpoint = args.pretrained, args.checkpoint
     if not pretrained and not checkpoint:
         if args.model == TINY_MODEL:
@@ -135,6 +202,7 @@ def _build(args: argparse.Namespace) -> TwoStageSegmenter:
         unlabeled_threshold=args.unlabeled_threshold,
         min_proposal_area=args.min_proposal_area,
         classifier=args.classifier,
+        max_image_side=args.max_image_side,
     )
     return build_segmenter(
         args.model,
@@ -151,75 +219,156 @@ def _build(args: argparse.Namespace) -> TwoStageSegmenter:
 
 
 def _templates(args: argparse.Namespace) -> list[str]:
-    if args.templates:
-        return args.templates
-    return ["single"] if args.model == TINY_MODEL else ["vild14"]
+    """The prompt templates asked for, checked (ValueError) before any model loads."""
+    from ovseg_ros.engine.prompts import resolve_templates
+
+    templates = args.templates or (["single"] if args.model == TINY_MODEL else ["vild14"])
+    resolve_templates(templates)
+    return templates
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    """An image file -> (H, W, 3) uint8 RGB; ValueError if it cannot be read."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def _vocabulary(text: str) -> list[str]:
+    """A --vocab value as checked class names (ValueError with the reason)."""
+    from ovseg_ros.engine.vocabulary import parse_class_list, validate_class_names
+
+    return validate_class_names(parse_class_list(text))
+
+
+def note_unknown_to_tiny_model(model: str, class_names: list[str]) -> None:
+    """Says once on stderr when the bundled toy-world CLIP is asked for classes it never saw."""
+    from ovseg_ros.engine import toy_world
+
+    if model != TINY_MODEL:
+        return
+    known = {name.lower() for name in toy_world.shape_classes() + toy_world.color_classes()}
+    unknown = [c for c in class_names if not known & {n.strip().lower() for n in c.split("|")}]
+    if unknown:
+        print(
+            f"ovseg: note: the bundled {TINY_MODEL} knows only the toy world's shapes "
+            f"({', '.join(toy_world.SHAPES)}) and colors ({', '.join(toy_world.COLORS)}), not "
+            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; for real images use "
+            "real CLIP weights, e.g. --model ViT-B-16 --pretrained openai (downloaded once) or "
+            "--checkpoint FILE",
+            file=sys.stderr,
+        )
+
+
+def output_stems(paths: list[Path]) -> list[str]:
+    """The output file prefix of each input: its stem, with -2, -3, ... appended in input order
+    where an earlier input took it (cat.jpg and cat.png, or a/cat.jpg and b/cat.jpg), compared
+    without case (case-insensitive file systems)."""
+    taken: set[str] = set()
+    stems = []
+    for path in paths:
+        stem, number = path.stem, 1
+        while stem.casefold() in taken:
+            number += 1
+            stem = f"{path.stem}-{number}"
+        taken.add(stem.casefold())
+        stems.append(stem)
+    return stems
+
+
+def input_problem(path: Path) -> str | None:
+    """Why `path` cannot be an input image before reading it (missing, a directory), or None."""
+    if not path.exists():
+        return "no such file"
+    if path.is_dir():
+        return "is a directory, not an image file (give its files, e.g. DIR/*.jpg)"
+    return None
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file -> (H, W, 3) uint8 RGB; ValueError saying why when it cannot be read or
+    decoded."""
+    import cv2
+    import numpy as np
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror or exc}") from exc
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if image is None:
-        raise ValueError(f"cannot read image {path}")
+        raise ValueError("is not an image OpenCV can decode (PNG, JPEG, BMP, TIFF, WebP, ...)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def run_segment(args: argparse.Namespace) -> int:
     """`ovseg segment`: per image, <stem>_overlay.png, <stem>_labels.png (16-bit class
-    indices, 65535 = unlabeled) and <stem>_segments.json in --out."""
-    names = parse_class_list(args.vocab)
+    indices, 65535 = unlabeled) and <stem>_segments.json in --out (stems made unique by
+    output_stems)."""
+    import cv2
+
+    from ovseg_ros.engine.render import render_overlay
+    from ovseg_ros.engine.vocabulary import VocabularyEncoder
+
+    names = _vocabulary(args.vocab)
+    templates = _templates(args)
+    paths = []
+    for path in map(Path, args.images):
+        if problem := input_problem(path):
+            print(f"ovseg segment: error: {path}: {problem}", file=sys.stderr)
+        else:
+            paths.append(path)
+    if not paths:
+        return 2
+    note_unknown_to_tiny_model(args.model, names)
     segmenter = _build(args)
-    vocabulary = VocabularyEncoder(segmenter.clip).encode(names, _templates(args))
+    vocabulary = VocabularyEncoder(segmenter.clip).encode(names, templates)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for path in map(Path, args.images):
+    failures = len(args.images) - len(paths)
+    for path, stem in zip(paths, output_stems(paths), strict=True):
         try:
-            image = _read_rgb(path)
+            image = read_rgb(path)
             segmentation = segmenter.segment(image, vocabulary)
+            summary = {
+                "image": str(path),
+                "class_names": segmentation.class_names,
+                "vocabulary_version": segmentation.vocabulary_version,
+                "timings_ms": segmentation.timings_ms,
+                "segments": [
+                    {
+                        "class_id": s.class_id,
+                        "class_name": s.class_name,
+                        "score": s.score,
+                        "box_xywh": list(s.box),
+                        "area": s.area,
+                    }
+                    for s in segmentation.segments
+                ],
+            }
+            text = json.dumps(summary, indent=2, allow_nan=False)  # NaN is no valid JSON
         except ValueError as exc:
-            print(f"{path}: {exc}", file=sys.stderr)
+            print(f"ovseg segment: error: {path}: {exc}", file=sys.stderr)
             failures += 1
             continue
         overlay = render_overlay(image, segmentation, alpha=args.alpha)
-        cv2.imwrite(str(out / f"{path.stem}_overlay.png"), overlay[..., ::-1])
-        cv2.imwrite(str(out / f"{path.stem}_labels.png"), segmentation.labels)
-        summary = {
-            "image": str(path),
-            "class_names": segmentation.class_names,
-            "vocabulary_version": segmentation.vocabulary_version,
-            "timings_ms": segmentation.timings_ms,
-            "segments": [
-                {
-                    "class_id": s.class_id,
-                    "class_name": s.class_name,
-                    "score": s.score,
-                    "box_xywh": list(s.box),
-                    "area": s.area,
-                }
-                for s in segmentation.segments
-            ],
-        }
-        (out / f"{path.stem}_segments.json").write_text(json.dumps(summary, indent=2) + "\n")
+        cv2.imwrite(str(out / f"{stem}_overlay.png"), overlay[..., ::-1])
+        cv2.imwrite(str(out / f"{stem}_labels.png"), segmentation.labels)
+        (out / f"{stem}_segments.json").write_text(text + "\n")
         found = sorted({s.class_name for s in segmentation.segments})
         total_ms = sum(segmentation.timings_ms.values())
-        print(f"{path}: {', '.join(found) or 'nothing'} ({total_ms:.0f} ms)")
+        renamed = f" -> {out / stem}_*" if stem != path.stem else ""
+        print(f"{path}: {', '.join(found) or 'nothing'} ({total_ms:.0f} ms){renamed}")
     return 1 if failures else 0
-
-
-def _open_dataset(args: argparse.Namespace) -> ToyWorldDataset | FolderDataset:
-    """toy:shape, toy:color, or a dataset folder (datasets.FolderDataset layout)."""
-    if args.dataset.startswith("toy:"):
-        return ToyWorldDataset(args.dataset.removeprefix("toy:"))
-    return FolderDataset(args.dataset, image_dir=args.image_dir, label_dir=args.label_dir)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """`ovseg eval`: metrics.json and metrics.md in --out."""
-    dataset = _open_dataset(args)
+    from ovseg_ros.engine.datasets import FolderDataset, ToyWorldDataset
+    from ovseg_ros.engine.evaluate import evaluate, metrics_markdown
+    from ovseg_ros.engine.vocabulary import VocabularyEncoder
+
+    if args.dataset.startswith("toy:"):
+        dataset = ToyWorldDataset(args.dataset.removeprefix("toy:"))
+    else:
+        dataset = FolderDataset(args.dataset, image_dir=args.image_dir, label_dir=args.label_dir)
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
-    segmenter = _build(args)
     templates = _templates(args)
+    note_unknown_to_tiny_model(args.model, dataset.class_names)
+    segmenter = _build(args)
     vocabulary = VocabularyEncoder(segmenter.clip).encode(dataset.class_names, templates)
     progress = ProgressBar(count, f"eval {args.dataset}")
     evaluation = evaluate(
@@ -244,15 +393,16 @@ def run_eval(args: argparse.Namespace) -> int:
         "min_proposal_area": args.min_proposal_area,
         "unlabeled_threshold": args.unlabeled_threshold,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     report = {
         "settings": settings,
         "num_images": evaluation.num_images,
         "metrics": evaluation.metrics.to_dict(),
         "mean_timings_ms": evaluation.mean_timings_ms,
     }
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = json.dumps(report, indent=2, allow_nan=False)  # to_dict turns NaN into null
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(text + "\n")
     markdown = metrics_markdown(evaluation, f"ovseg eval {args.dataset}", settings)
     (out / "metrics.md").write_text(markdown)
     print(markdown)
@@ -263,14 +413,9 @@ def run_bench(args: argparse.Namespace) -> int:
     """`ovseg bench`: prints the table and writes bench.json / bench.md."""
     from ovseg_ros import benchmark
 
-    if args.iterations < 1 or args.warmup < 0:
-        raise ValueError(
-            f"--iterations must be at least 1 and --warmup at least 0, got {args.iterations} "
-            f"and {args.warmup}"
-        )
     if args.node and args.proposal_generator != "superpixel":
         raise ValueError("--node times the node with its superpixel proposals only")
-    width, _, height = args.size.partition("x")
+    width, height = args.size
     results = []
     for precision in args.precision:
         for classifier in args.classifier:
@@ -280,8 +425,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 checkpoint=args.checkpoint,
                 device=args.device,
                 precision=precision,
-                width=int(width),
-                height=int(height),
+                width=width,
+                height=height,
                 proposals=args.proposals,
                 proposal_generator=args.proposal_generator,
                 classifier=classifier,
@@ -289,6 +434,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 iterations=args.iterations,
                 warmup=args.warmup,
                 pipeline=args.pipeline,
+                max_image_side=args.max_image_side,
             )
             print(f"benchmarking {classifier} / {precision} ...", file=sys.stderr, flush=True)
             results.append(benchmark.run_benchmark(settings))
@@ -298,8 +444,16 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The `ovseg` argument parser; imports nothing heavy."""
+    parser = _Parser(
         prog="ovseg", description="Open-vocabulary semantic segmentation (Xu et al., ECCV 2022)."
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -310,7 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--vocab", required=True, help='comma-separated classes, "a|b" for synonyms'
     )
     segment.add_argument("--out", default="ovseg-out", help="output folder (%(default)s)")
-    segment.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    segment.add_argument(
+        "--alpha", type=_fraction, default=0.5, help="overlay opacity, 0 to 1 (%(default)s)"
+    )
     _add_model_arguments(segment)
     segment.set_defaults(run=run_segment)
 
@@ -318,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "dataset", help="toy:shape, toy:color, or a folder (classes.txt, images/, labels/)"
     )
-    evaluation.add_argument("--limit", type=int, help="evaluate the first N images only")
+    evaluation.add_argument("--limit", type=_positive, help="evaluate the first N images only")
     evaluation.add_argument("--image-dir", default="images", help="folder dataset: images")
     evaluation.add_argument("--label-dir", default="labels", help="folder dataset: labels")
     evaluation.add_argument("--out", default="ovseg-eval", help="output folder (%(default)s)")
@@ -336,16 +492,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--compile", action="store_true", help="torch.compile the CLIP image tower (crop path)"
     )
-    bench.add_argument("--size", default="640x480", help="frame WIDTHxHEIGHT (%(default)s)")
-    bench.add_argument("--proposals", type=int, default=100, help="masks per frame (%(default)s)")
+    bench.add_argument(
+        "--size", type=_frame_size, default="640x480", help="frame WIDTHxHEIGHT (640x480)"
+    )
+    bench.add_argument(
+        "--proposals", type=_positive, default=100, help="masks per frame (%(default)s)"
+    )
+    _add_max_image_side(bench)
     bench.add_argument(
         "--proposal-generator",
         default=DEFAULT_PROPOSAL_GENERATOR,
-        choices=proposal_generator_names(),
+        choices=PROPOSAL_GENERATORS,
     )
     bench.add_argument("--classifier", nargs="+", default=list(CLASSIFIERS), choices=CLASSIFIERS)
-    bench.add_argument("--iterations", type=int, default=3, help="timed frames (%(default)s)")
-    bench.add_argument("--warmup", type=int, default=1, help="untimed frames first (%(default)s)")
+    bench.add_argument("--iterations", type=_positive, default=3, help="timed frames (%(default)s)")
+    bench.add_argument(
+        "--warmup", type=_count, default=1, help="untimed frames first (%(default)s)"
+    )
     bench.add_argument("--node", action="store_true", help="also time the node over DDS")
     bench.add_argument(
         "--pipeline",
@@ -359,13 +522,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `ovseg` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the `ovseg` command; returns the exit status. Every failure is one line on
+    stderr: 2 for what the user can fix (arguments, inputs, weights, datasets), 1 for anything
+    else, 130 when interrupted."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or an argument error already printed
+        return int(exit_.code or 0)
+    prefix = f"ovseg {args.command}: error:"
     try:
         return args.run(args)
-    except (ValueError, WeightsNotFoundError, CheckpointMismatchError, DatasetError) as exc:
-        print(f"ovseg {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"ovseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as exc:  # engine errors derive from these
+        print(f"{prefix} {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, with the exception's type
+        print(f"{prefix} unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

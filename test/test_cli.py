@@ -6,14 +6,16 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
 from tiny_model import TINY_CHECKPOINT
 
+from ovseg_ros import cli
 from ovseg_ros.benchmark import (
     SEGMENTER_STAGES,
     PaddedProposals,
@@ -21,7 +23,7 @@ from ovseg_ros.benchmark import (
     random_reference_maskformer,
 )
 from ovseg_ros.cli import main
-from ovseg_ros.engine import toy_world
+from ovseg_ros.engine import options, proposals, toy_world
 from ovseg_ros.engine.clip_model import load_clip
 from ovseg_ros.engine.maskformer.backbone import RESNET_CONFIGS
 from ovseg_ros.engine.proposals import ProposalGenerator, Proposals
@@ -48,7 +50,7 @@ def test_segment_writes_overlay_labels_and_segments(tmp_path, scene_file, capsys
     assert overlay.shape == (240, 320, 3) and overlay.dtype == np.uint8
     assert labels.shape == (240, 320) and labels.dtype == np.uint16
     assert set(np.unique(labels)) <= set(range(7)) | {UNLABELED}
-    summary = json.loads((out / "scene_segments.json").read_text())
+    summary = json.loads((out / "scene_segments.json").read_text(), parse_constant=_no_nan)
     assert summary["class_names"] == toy_world.shape_classes()
     assert sum(s["area"] for s in summary["segments"]) <= 240 * 320
     assert list(summary["timings_ms"]) == [
@@ -58,17 +60,133 @@ def test_segment_writes_overlay_labels_and_segments(tmp_path, scene_file, capsys
         "aggregation",
         "segments",
     ]
-    assert "scene.png: " in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "scene.png: " in captured.out
+    assert captured.err == ""  # toy classes: no note about the toy world
 
 
-def test_segment_reports_unreadable_images_and_goes_on(tmp_path, scene_file, capsys):
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"not a png")
+def _no_nan(constant: str) -> None:
+    raise AssertionError(f"{constant} is not valid JSON")
+
+
+def test_segment_says_why_each_input_failed_and_goes_on(tmp_path, scene_file, capsys, monkeypatch):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.png").write_text("not a png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    locked = tmp_path / "locked.png"
+    locked.write_bytes(scene_file.read_bytes())
+    read_bytes = Path.read_bytes
+
+    def refuse_locked(path):
+        if path == locked:
+            raise PermissionError(13, "Permission denied")
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse_locked)  # root reads any file
+    names = ["missing.png", "folder", "notes.png", "empty.png", "locked.png"]
     out = tmp_path / "out"
-    args = ["segment", str(broken), str(scene_file), "--vocab", "circle,background", "--out"]
-    assert main([*args, str(out), *MODEL]) == 1
-    assert "cannot read image" in capsys.readouterr().err
+    args = ["segment", *(str(tmp_path / n) for n in names), str(scene_file), "--vocab", "circle"]
+    assert main([*args, "--out", str(out), *MODEL]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    expected = [
+        "missing.png: no such file",
+        "folder: is a directory, not an image file (give its files, e.g. DIR/*.jpg)",
+        "notes.png: is not an image OpenCV can decode",
+        "empty.png: is not an image OpenCV can decode",
+        "locked.png: cannot be read: Permission denied",
+    ]
+    assert len(errors) == len(expected)
+    for line, end in zip(errors, expected, strict=True):
+        assert line.startswith(f"ovseg segment: error: {tmp_path}/") and end in line
     assert (out / "scene_overlay.png").is_file()
+
+
+def test_segment_checks_inputs_and_options_before_loading_a_model(tmp_path, monkeypatch, capsys):
+    def no_model(args):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(cli, "_build", no_model)
+    missing = str(tmp_path / "missing.png")
+    assert main(["segment", missing, "--vocab", "circle", *MODEL]) == 2
+    assert capsys.readouterr().err == f"ovseg segment: error: {missing}: no such file\n"
+    for option, value, reason in [
+        ("--alpha", "1.5", "must be between 0 and 1, got 1.5"),
+        ("--alpha", "nan", "not a finite number: 'nan'"),
+        ("--mask-threshold", "x", "not a number: 'x'"),
+        ("--max-proposals", "0", "must be at least 1, got 0"),
+        ("--min-proposal-area", "-1", "must be 0 or more, got -1"),
+    ]:
+        assert main(["segment", missing, "--vocab", "a", option, value]) == 2
+        assert capsys.readouterr().err == (
+            f"ovseg segment: error: argument {option}: {reason} (see ovseg segment --help)\n"
+        )
+    assert main(["eval", "toy:shape", "--limit", "0"]) == 2
+    assert "argument --limit: must be at least 1" in capsys.readouterr().err
+    assert main(["bench", "--size", "640"]) == 2
+    assert "expected WIDTHxHEIGHT such as 640x480, got '640'" in capsys.readouterr().err
+
+
+def test_inputs_with_the_same_stem_keep_their_own_outputs(tmp_path, scene_file, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "scene.png").write_bytes(scene_file.read_bytes())
+    jpeg = tmp_path / "scene.jpg"
+    cv2.imwrite(str(jpeg), cv2.imread(str(scene_file)))
+    inputs = [scene_file, tmp_path / "a" / "scene.png", tmp_path / "b" / "scene.png", jpeg]
+    out = tmp_path / "out"
+    args = ["segment", *map(str, inputs), "--vocab", "circle,background", "--out", str(out)]
+    assert main([*args, *MODEL]) == 0
+    stems = ["scene", "scene-2", "scene-3", "scene-4"]
+    for path, stem in zip(inputs, stems, strict=True):
+        assert json.loads((out / f"{stem}_segments.json").read_text())["image"] == str(path)
+        assert (out / f"{stem}_overlay.png").is_file() and (out / f"{stem}_labels.png").is_file()
+    assert f"-> {out / 'scene-4'}_*" in capsys.readouterr().out
+
+
+def test_output_stems_are_unique_without_case():
+    paths = [Path("cat.jpg"), Path("x/Cat.png"), Path("cat-2.png"), Path("y/cat.jpg")]
+    assert cli.output_stems(paths) == ["cat", "Cat-2", "cat-2-2", "cat-3"]
+
+
+def test_checkpoint_overrides_pretrained_and_is_found_from_any_directory(
+    tmp_path, scene_file, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    args = ["segment", str(scene_file), "--vocab", "circle", "--device", "cpu"]
+    args += ["--pretrained", "openai", "--checkpoint", "models/ovseg-tiny-clip.safetensors"]
+    assert main(args) == 0
+    assert (tmp_path / "ovseg-out" / "scene_segments.json").is_file()
+
+
+def test_tiny_model_asked_for_real_classes_says_so_once(capsys):
+    cli.note_unknown_to_tiny_model("ovseg-tiny-clip", ["person", "circle", "sofa|couch", "Red"])
+    (note,) = capsys.readouterr().err.splitlines()
+    assert note.startswith("ovseg: note: the bundled ovseg-tiny-clip knows only the toy world's")
+    assert "not person, sofa|couch; for real images use real CLIP weights" in note
+    cli.note_unknown_to_tiny_model("ovseg-tiny-clip", ["star|ring", "background", "purple"])
+    cli.note_unknown_to_tiny_model("ViT-B-16", ["person"])
+    assert capsys.readouterr().err == ""
+
+
+def test_help_imports_nothing_heavy():
+    """--help answers in a fraction of a second: building the parser imports no torch."""
+    probe = "import sys, ovseg_ros.cli as c; c.build_parser(); print(sorted(sys.modules))"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = set(run.stdout.strip()[1:-1].replace("'", "").split(", "))
+    assert not loaded & {"torch", "cv2", "numpy", "open_clip", "ovseg_ros.engine.clip_model"}
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "ovseg_ros.cli", "segment", "--help"], capture_output=True, text=True
+    )
+    assert run.returncode == 0 and run.stdout.startswith("usage: ovseg segment")
+    assert time.monotonic() - started < 5.0  # torch alone takes longer on this machine
+
+
+def test_parser_proposal_generators_are_the_registered_ones():
+    """options.py lists the generator names for --help without importing the registry; the
+    engine's other settings take their defaults from options.py itself."""
+    assert list(options.PROPOSAL_GENERATORS) == proposals.proposal_generator_names()
+    assert options.DEFAULT_PROPOSAL_GENERATOR in proposals.proposal_generator_names()
 
 
 @pytest.mark.parametrize(
@@ -77,7 +195,10 @@ def test_segment_reports_unreadable_images_and_goes_on(tmp_path, scene_file, cap
         (["--vocab", ","], "class 0 ('') has an empty name"),
         (["--vocab", "a,A"], "duplicate class name"),
         (["--vocab", "a", "--templates", "vild"], "neither a template set"),
-        (["--vocab", "a", "--checkpoint", "/no/such.safetensors"], "checkpoint file not found"),
+        (
+            ["--vocab", "a", "--checkpoint", "/no/such.safetensors"],
+            "weights file /no/such.safetensors not found; looked for /no/such.safetensors",
+        ),
         (["--vocab", "a", "--model", "no-such-model"], "unknown CLIP model 'no-such-model'"),
     ],
 )
@@ -110,22 +231,37 @@ def test_eval_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert "dataset folder not found" in capsys.readouterr().err
 
 
-def test_offline_pretrained_tag_says_what_is_missing(tmp_path):
-    """open_clip tags download; offline, the command says where weights are cached and how to
-    provide them (a subprocess, so HF_HUB_OFFLINE applies from the start)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+@pytest.mark.parametrize(
+    "offline",
+    [{"HF_ENDPOINT": "http://127.0.0.1:9"}, {"HF_HUB_OFFLINE": "1"}],
+    ids=["closed-port", "hub-offline-mode"],
+)
+def test_offline_pretrained_tag_fails_fast_saying_what_is_missing(tmp_path, offline):
+    """Weights neither cached nor downloadable (a closed port, or huggingface_hub's offline
+    mode): one line naming the model, the tag, the cache and how to give a file, in seconds
+    rather than the minute of retries huggingface_hub would spend (a subprocess, so that the
+    environment applies from the start)."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), **offline}
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((8, 8, 3), np.uint8))
+    started = time.monotonic()
     run = subprocess.run(
         [sys.executable, "-m", "ovseg_ros.cli", "segment", "x.png", "--vocab", "a"]
-        + ["--model", "RN50", "--pretrained", "openai", "--device", "cpu"],
-        cwd=REPO_ROOT,
+        + ["--model", "ViT-B-16", "--pretrained", "openai", "--device", "cpu"],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
+    assert time.monotonic() - started < 20.0
     assert run.returncode == 2
-    assert "could not load CLIP weights RN50 / openai" in run.stderr
-    assert str(tmp_path / "hf") in run.stderr
+    (line,) = run.stderr.splitlines()
+    cache = tmp_path / "hf" / "hub"
+    assert line.startswith(
+        "ovseg segment: error: CLIP weights ViT-B-16 / openai could not be loaded from the cache "
+        f"{cache} nor downloaded ("
+    )
+    assert "or give a local weights file as checkpoint (--checkpoint; safetensors" in line
 
 
 class _TwoMasks(ProposalGenerator):
@@ -150,10 +286,16 @@ def test_bench_pads_proposals_with_fixed_boxes_and_drops_the_surplus():
     assert torch.equal(PaddedProposals(_TwoMasks(), 1)(image).masks, first[:1])
 
 
-@pytest.mark.parametrize("counts", [["--iterations", "0"], ["--warmup", "-1"]])
-def test_bench_without_timed_frames_is_refused(tmp_path, capsys, counts):
+@pytest.mark.parametrize(
+    ("counts", "message"),
+    [
+        (["--iterations", "0"], "argument --iterations: must be at least 1, got 0"),
+        (["--warmup", "-1"], "argument --warmup: must be 0 or more, got -1"),
+    ],
+)
+def test_bench_without_timed_frames_is_refused(tmp_path, capsys, counts, message):
     assert main(["bench", *MODEL, *counts, "--out", str(tmp_path)]) == 2
-    assert "--iterations must be at least 1" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_node_bench_with_another_generator_is_refused(tmp_path, capsys):

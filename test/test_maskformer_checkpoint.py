@@ -232,3 +232,31 @@ def test_state_dict_of_something_else_is_refused(tmp_path):
 def test_missing_file_is_refused(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="not found"):
         load_maskformer(tmp_path / "absent.pth")
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_weights_holding_nan_or_inf_are_refused_with_their_names(tmp_path, suffix):
+    path = tmp_path / f"net{suffix}"
+    if suffix == ".pth":
+        make_reference_file(path)
+        state = torch.load(path, weights_only=True)
+        state["model"]["backbone.res2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+        state["model"]["sem_seg_head.predictor.query_embed.weight"][1, 2] = -float("inf")
+        torch.save(state, path)
+        names = ["backbone.res2.0.conv1.weight", "sem_seg_head.predictor.query_embed.weight"]
+    else:
+        model = MaskFormer(REFERENCE_LIKE)
+        with torch.no_grad():
+            model.transformer_decoder.query_embed.weight[0, 0] = float("inf")
+        save_maskformer(path, model, ["a"], (64, 64))
+        names = ["transformer_decoder.query_embed.weight"]
+    with pytest.raises(CheckpointMismatchError, match="NaN or Inf") as error:
+        load_maskformer(path)
+    assert f"in {len(names)} tensor(s): {', '.join(names)}" in str(error.value)
+
+
+def test_relative_path_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    loaded = load_maskformer("models/ovseg-toy-maskformer.safetensors")
+    assert loaded.source.endswith("models/ovseg-toy-maskformer.safetensors")
+    assert loaded.trained_classes

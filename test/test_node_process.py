@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -14,10 +16,13 @@ from rclpy.node import Node
 from rclpy.parameter import parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers import spin_until
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
 from tiny_model import TINY_CHECKPOINT, TINY_MODEL
 
 from ovseg_ros.engine import toy_world
 from ovseg_ros.msg import SegmentationResult
+from ovseg_ros.ros.conversions import array_to_image
 
 pytestmark = pytest.mark.slow
 
@@ -134,12 +139,167 @@ def test_frame_publisher_feeds_segmenter_process(ros_context, tmp_path):
         node.destroy_node()
 
 
-def test_missing_weights_stop_the_node_with_a_clear_error(tmp_path):
-    missing = tmp_path / "absent.safetensors"
-    process = _start(
-        "ovseg_ros.ros.segmenter_node",
-        "-p", f"model:={TINY_MODEL}", "-p", f"checkpoint:={missing}", "-p", "pretrained:=''",
-    )  # fmt: skip
+TINY_WEIGHTS = ("-p", f"model:={TINY_MODEL}", "-p", f"checkpoint:={TINY_CHECKPOINT}")
+
+
+def _error_lines(output: str) -> list[str]:
+    """Lines of a process's output that are not its INFO log."""
+    return [line for line in output.splitlines() if line.strip() and "[INFO]" not in line]
+
+
+@pytest.mark.parametrize(
+    ("args", "cause"),
+    [
+        (("-p", f"model:={TINY_MODEL}", "-p", "checkpoint:=/absent/tiny.safetensors"),
+         "/absent/tiny.safetensors"),
+        ((*TINY_WEIGHTS, "-p", "vocabulary:=person"), "vocabulary must be a list of names"),
+        ((*TINY_WEIGHTS, "-p", "device:=gpu"), "device must be one of"),
+        ((*TINY_WEIGHTS, "-p", "vocabulary:=[]"), "the vocabulary is empty"),
+        (("--params-file", "/absent/params.yaml"), "Couldn't parse params file"),
+    ],
+)  # fmt: skip
+def test_a_failed_start_is_one_line_naming_the_cause(args, cause):
+    process = _start("ovseg_ros.ros.segmenter_node", *args)
     output, _ = process.communicate(timeout=60)
-    assert process.returncode == 1
-    assert "cannot start" in output and str(missing) in output
+    assert process.returncode == 1, output
+    lines = _error_lines(output)
+    assert len(lines) == 1, output
+    assert lines[0].startswith("[ERROR] [ovseg_segmenter]: cannot start:") and cause in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "cause"),
+    [
+        (("-p", "source:=/absent/frames"), "no such folder or video file: /absent/frames"),
+        ((), "parameter source is empty"),
+        (("-p", "rate_hz:=0.0"), "rate_hz must be > 0"),
+    ],
+)
+def test_frame_publisher_failed_start_is_one_line(args, cause):
+    process = _start("ovseg_ros.ros.frame_publisher", *args)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, output
+    lines = _error_lines(output)
+    assert len(lines) == 1 and "[ovseg_frame_publisher]: cannot start:" in lines[0], output
+    assert cause in lines[0]
+
+
+class FrameFeeder:
+    """Publishes a 1920x1080 toy scene to one or more segmenter processes until each has
+    published a result, so that the next frame is in flight when the test signals them."""
+
+    def __init__(self, context, namespaces: list[str]) -> None:
+        import cv2
+
+        scene = toy_world.generate_scene(1_000_040)
+        self.msg = array_to_image(cv2.resize(scene.image, (1920, 1080)), "rgb8", Header())
+        self.node = Node("frame_feeder", context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self.publishers = [
+            self.node.create_publisher(Image, f"{ns}/image", qos) for ns in namespaces
+        ]
+        self.results = {ns: 0 for ns in namespaces}
+        for ns in namespaces:
+            self.node.create_subscription(
+                SegmentationResult,
+                f"{ns}/ovseg_segmenter/result",
+                lambda _, ns=ns: self.results.__setitem__(ns, self.results[ns] + 1),
+                qos,
+            )
+
+    def feed_until_every_node_answered(self, timeout_s: float = 90.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while min(self.results.values()) == 0 and time.monotonic() < deadline:
+            self.feed(0.3)
+        return min(self.results.values()) > 0
+
+    def feed(self, spin_s: float) -> None:
+        for publisher in self.publishers:
+            publisher.publish(self.msg)
+        spin_until(self.executor, lambda: False, timeout_s=spin_s)
+
+    def close(self) -> None:
+        self.node.destroy_node()
+
+
+def _segmenter(namespace: str = "") -> subprocess.Popen:
+    """A segmenter process on full-size frames (max_image_side 0), so a frame takes long."""
+    return _start(
+        "ovseg_ros.ros.segmenter_node", *TINY_WEIGHTS, "-p", "max_age_s:=0.0",
+        "-p", "max_image_side:=0", "-p", "input_reliability:=reliable",
+        *(("-r", f"__ns:={namespace}") if namespace else ()),
+    )  # fmt: skip
+
+
+def _exit_after_signals(processes: list[subprocess.Popen], signals: list[int]) -> list[float]:
+    """Sends each of `signals` (0.2 s apart) to every process; seconds until each exits."""
+    started = time.monotonic()
+    for index, signum in enumerate(signals):
+        if index:
+            time.sleep(0.2)
+        for process in processes:
+            process.send_signal(signum)
+    durations = []
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        durations.append(time.monotonic() - started)
+    return durations
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [[signal.SIGINT], [signal.SIGTERM], [signal.SIGINT, signal.SIGINT]],
+    ids=["ctrl-c", "sigterm", "ctrl-c-twice"],
+)
+def test_a_signal_with_a_frame_in_flight_stops_quietly_within_2_s(ros_context, signals):
+    process = _segmenter()
+    feeder = FrameFeeder(ros_context, [""])
+    try:
+        assert feeder.feed_until_every_node_answered(), _stop(process)
+        feeder.feed(0.2)
+        [seconds] = _exit_after_signals([process], signals)
+        output = process.stdout.read()
+    finally:
+        _stop(process)
+        feeder.close()
+    assert process.returncode == 0, output
+    assert seconds < 2.0, (seconds, output)
+    assert _error_lines(output) == [], output
+
+
+def test_several_segmenters_under_load_stop_on_one_ctrl_c(ros_context):
+    namespaces = ["/front", "/rear"]
+    processes = [_segmenter(ns) for ns in namespaces]
+    feeder = FrameFeeder(ros_context, namespaces)
+    try:
+        assert feeder.feed_until_every_node_answered(), "".join(map(_stop, processes))
+        feeder.feed(0.2)
+        durations = _exit_after_signals(processes, [signal.SIGINT])
+        outputs = [process.stdout.read() for process in processes]
+    finally:
+        for process in processes:
+            _stop(process)
+        feeder.close()
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert max(durations) < 2.0, (durations, outputs)
+    assert all(_error_lines(output) == [] for output in outputs), outputs
+
+
+def test_frame_publisher_stops_quietly(ros_context, tmp_path):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "0.png"), toy_world.generate_scene(1_000_041).image)
+    process = _start(
+        "ovseg_ros.ros.frame_publisher", "-p", f"source:={tmp_path}",
+        "-p", "wait_for_subscriber:=false", "-p", "rate_hz:=20.0",
+    )  # fmt: skip
+    time.sleep(3.0)
+    [seconds] = _exit_after_signals([process], [signal.SIGINT])
+    output = process.stdout.read()
+    assert process.returncode == 0 and seconds < 2.0, output
+    assert _error_lines(output) == [], output

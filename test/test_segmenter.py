@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import open_clip
 import pytest
@@ -24,6 +25,7 @@ from ovseg_ros.engine.segmenter import (
     build_segmenter,
     check_image,
     pipeline_thread_settings,
+    processing_size,
 )
 from ovseg_ros.engine.vocabulary import VocabularyEncoder
 
@@ -100,6 +102,139 @@ def test_aggregation_in_chunks_matches_one_einsum(monkeypatch, dtype):
         np.testing.assert_allclose(
             scores, (best / coverage.clamp(min=1e-12)).numpy() * (coverage > 0).numpy(), atol=1e-6
         )
+
+
+def _resized_reference(probabilities, masks, weights, size):
+    """Labels, scores and top-two margin of the full (C + 1, h, w) semseg resized with
+    cv2.INTER_LINEAR (the reference's bilinear resize of class scores), then the argmax."""
+    table = torch.cat([probabilities * weights[:, None], weights[:, None]], dim=1)
+    semseg = torch.einsum("qk,qhw->hwk", table, masks.float()).numpy()
+    resized = cv2.resize(semseg, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    classes, coverage = resized[..., :-1], resized[..., -1]
+    ordered = np.sort(classes, axis=2)
+    labels = classes.argmax(axis=2)
+    scores = np.where(coverage > 0, ordered[..., -1] / np.maximum(coverage, 1e-12), 0)
+    labels[coverage <= 0] = UNLABELED
+    return labels, scores, ordered[..., -1] - ordered[..., -2]
+
+
+@pytest.mark.parametrize("size", [(30, 41), (24, 23), (9, 70), (64, 96)])
+def test_aggregation_at_another_size_resizes_class_scores_before_the_argmax(monkeypatch, size):
+    torch.manual_seed(2)
+    regions = torch.randint(0, 5, (12, 16))
+    masks = torch.stack([regions == i for i in range(5)] + [torch.rand(12, 16) > 0.6])
+    masks[:, :2, :3] = False  # an uncovered corner
+    probabilities = torch.rand(6, 4).softmax(dim=1)
+    weights = torch.rand(6) + 0.5
+    expected, expected_scores, margin = _resized_reference(probabilities, masks, weights, size)
+    clear = margin > 1e-5  # pixels whose argmax rounding cannot flip
+    for chunk in (1 << 22, 5 * 16 * 3):  # all rows at once, then blocks of two source rows
+        monkeypatch.setattr("ovseg_ros.engine.segmenter.AGGREGATION_CHUNK", chunk)
+        labels, scores = aggregate_scores(probabilities, masks, weights, output_size=size)
+        assert labels.shape == scores.shape == size
+        np.testing.assert_array_equal(labels[clear], expected[clear])
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    assert clear.mean() > 0.95
+
+
+def test_masks_with_nan_or_infinite_probabilities_are_left_out():
+    masks = torch.zeros((3, 2, 3), dtype=torch.bool)
+    masks[0, :, :2] = True
+    masks[1, :, 1:] = True
+    masks[2, :, 2] = True
+    probabilities = torch.tensor([[0.7, 0.3], [float("nan"), 0.5], [float("inf"), 0.0]])
+    for size in (None, (4, 6)):
+        labels, scores = aggregate_scores(probabilities, masks, output_size=size)
+        assert np.isfinite(scores).all()
+        assert (labels[:, 0] == 0).all()  # mask 0 alone
+        assert (labels[:, -1] == UNLABELED).all()  # masks 1 and 2 alone
+        np.testing.assert_allclose(scores[:, 0], 0.7, atol=1e-6)
+
+
+def test_nan_embeddings_give_finite_scores_and_segments(clip, encoder, monkeypatch):
+    vocabulary = encoder.encode(["a", "b", "c"], "single")
+    masks = torch.zeros((2, 16, 16), dtype=torch.bool)
+    masks[0, :, :8] = True
+    masks[1, :, 8:] = True
+    segmenter = TwoStageSegmenter(clip, FixedProposals(masks))
+    embed = segmenter.classifier.embed
+
+    def overflowed(crops, batch_size):  # as an fp16 overflow in the image tower would give
+        embeddings = embed(crops, batch_size)
+        embeddings[1] = float("nan")
+        return embeddings
+
+    monkeypatch.setattr(segmenter.classifier, "embed", overflowed)
+    result = segmenter.segment(_image(16, 16), vocabulary)
+    assert np.isfinite(result.scores).all()
+    assert (result.labels[:, 8:] == UNLABELED).all() and (result.labels[:, :8] != UNLABELED).all()
+    assert all(np.isfinite(s.score) for s in result.segments) and len(result.segments) == 1
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "max_side", "expected"),
+    [
+        (480, 640, 640, (480, 640)),
+        (720, 1280, 640, (360, 640)),
+        (1080, 1920, 640, (360, 640)),
+        (1920, 1080, 640, (640, 360)),
+        (3000, 2, 640, (640, 1)),
+        (1080, 1920, 0, (1080, 1920)),
+        (4, 4, 1, (1, 1)),
+    ],
+)
+def test_processing_size_bounds_the_long_side(height, width, max_side, expected):
+    assert processing_size(height, width, max_side) == expected
+
+
+def test_a_negative_max_image_side_is_refused():
+    with pytest.raises(ValueError, match="max_image_side must be >= 0"):
+        SegmenterConfig(max_image_side=-1)
+    with pytest.raises(ValueError, match="max_side must be >= 0"):
+        processing_size(10, 10, -1)
+
+
+class SeenSizes(ProposalGenerator):
+    """Superpixel proposals that record the size of every image they are given."""
+
+    def __init__(self) -> None:
+        self.inner = build_proposal_generator("superpixel", max_proposals=20)
+        self.sizes: list[tuple[int, int]] = []
+
+    def __call__(self, image, vocabulary=None) -> Proposals:
+        self.sizes.append(image.shape[:2])
+        return self.inner(image, vocabulary)
+
+
+@pytest.mark.parametrize("classifier", ["crop", "dense"])
+def test_a_large_image_is_processed_small_and_comes_back_at_its_size(clip, encoder, classifier):
+    vocabulary = encoder.encode(["circle", "square", "background"], "single")
+    generator = SeenSizes()
+    config = SegmenterConfig(classifier=classifier, max_image_side=48)
+    segmenter = TwoStageSegmenter(clip, generator, config)
+    image = cv2.resize(_image(24, 32), (100, 75), interpolation=cv2.INTER_NEAREST)
+    result = segmenter.segment(image, vocabulary)
+    assert generator.sizes == [(36, 48)]
+    assert list(result.timings_ms) == ["resize", *STAGES]
+    assert result.labels.shape == result.scores.shape == (75, 100)
+    assert np.isfinite(result.scores).all() and (result.labels != UNLABELED).all()
+    assert sum(s.area for s in result.segments) <= 75 * 100
+    for segment in result.segments:
+        x, y, w, h = segment.box
+        assert segment.mask.shape == (h, w) and x + w <= 100 and y + h <= 75
+        assert (result.labels[y : y + h, x : x + w][segment.mask] == segment.class_id).all()
+    # Stage 1 apart (the node's pipeline) sees the same small image and gives the same result.
+    proposals = segmenter.propose(image, vocabulary)
+    assert tuple(proposals.masks.shape[1:]) == (36, 48)
+    apart = segmenter.segment(image, vocabulary, proposals)
+    np.testing.assert_array_equal(apart.labels, result.labels)
+    np.testing.assert_array_equal(apart.scores, result.scores)
+    # Proposals of another processing size are refused.
+    segmenter.config.max_image_side = 0
+    with pytest.raises(ValueError, match=r"masks are \(36, 48\) but this 75x100 image"):
+        segmenter.segment(image, vocabulary, proposals)
+    native = segmenter.segment(image, vocabulary)
+    assert "resize" not in native.timings_ms and generator.sizes[-1] == (75, 100)
 
 
 @pytest.mark.parametrize(

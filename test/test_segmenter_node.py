@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
+from rcl_interfaces.srv import SetParameters, SetParametersAtomically
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -17,6 +17,7 @@ from std_msgs.msg import Header
 from tiny_model import TINY_CHECKPOINT
 
 from ovseg_ros.engine import toy_world
+from ovseg_ros.engine.prompts import resolve_templates
 from ovseg_ros.engine.segmentation import UNLABELED
 from ovseg_ros.engine.segmenter import ThreadSettings, pipeline_thread_settings
 from ovseg_ros.msg import SegmentationResult, Vocabulary
@@ -99,6 +100,18 @@ class Harness:
         future = self.set_client.call_async(request)
         assert self.spin_until(future.done)
         return future.result().results
+
+    def set_parameters_atomically(self, **values):
+        client = self.node.create_client(
+            SetParametersAtomically, "/ovseg_segmenter/set_parameters_atomically"
+        )
+        request = SetParametersAtomically.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
+        )
+        assert client.wait_for_service(timeout_sec=10.0)
+        future = client.call_async(request)
+        assert self.spin_until(future.done)
+        return future.result().result
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -282,7 +295,7 @@ def test_pipelined_node_pairs_each_result_with_its_own_frame(ros_context):
     h = Harness(ros_context, pipeline=True, input_reliability="reliable")
     try:
         h.wait_connected()
-        assert [w.name for w in h.segmenter._workers] == ["segmenter", "stage2"]
+        assert [w.name for w in h.segmenter._workers] == ["segmenter", "vocabulary", "stage2"]
         assert ThreadSettings.current() == pipeline_thread_settings(before)
         header = Header(frame_id="cam")
         h.image_pub.publish(Image(header=header, height=2, width=2, encoding="32FC1", step=8))
@@ -349,3 +362,156 @@ def test_classifier_switch_at_run_time_is_validated(harness):
     harness.image_pub.publish(msg)
     assert harness.spin_until(lambda: len(harness.results) > 0)
     assert harness.results[0].class_names == SHAPES
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("vocabulary", "person", 'list of names, e.g. "[\'person\', \'chair\']"'),
+        ("vocabulary", [1, 2], "vocabulary must be a list of names"),
+        ("prompt_templates", 3, "prompt_templates must be a list of"),
+        ("overlay_alpha", "half", "overlay_alpha must be a number, e.g. 0.5"),
+        ("max_rate_hz", True, "max_rate_hz must be a number"),
+        ("min_segment_area", 2.5, "min_segment_area must be an integer, e.g. 16"),
+        ("overlay_alpha", 2, "overlay_alpha must be between 0.0 and 1.0"),
+        ("classifier", 1, "classifier must be a string"),
+    ],
+)  # fmt: skip
+def test_wrong_type_gets_the_nodes_reason_with_an_example(harness, name, value, reason):
+    before = harness.segmenter.get_parameter(name).value
+    outcome = harness.set_parameters(**{name: value})[0]
+    assert not outcome.successful and reason in outcome.reason, outcome.reason
+    assert harness.segmenter.get_parameter(name).value == before
+
+
+def test_an_integer_is_taken_for_a_float_parameter(harness):
+    assert harness.set_parameters(overlay_alpha=1)[0].successful
+    assert harness.segmenter.params.overlay_alpha == 1.0
+
+
+def test_setting_the_vocabulary_in_force_keeps_the_version_and_does_no_work(harness):
+    calls = []
+    encode = harness.segmenter.encoder.encode
+    harness.segmenter.encoder.encode = lambda *a, **k: calls.append(a) or encode(*a, **k)
+    same = harness.set_parameters(vocabulary=list(SHAPES), prompt_templates=["single"])
+    assert all(r.successful for r in same)
+    respaced = harness.set_parameters(vocabulary=[f" {n} " for n in SHAPES])  # same once tidied
+    assert respaced[0].successful
+    harness.spin_until(lambda: False, timeout_s=1.0)
+    assert calls == [] and harness.segmenter.vocabulary.version == 1
+    assert [v.version for v in harness.vocabularies] == [1]
+
+
+def test_atomic_request_brings_one_version_and_plain_request_one_per_parameter(harness):
+    outcome = harness.set_parameters_atomically(
+        vocabulary=COLORS, prompt_templates=["a photo of a {} shape."]
+    )
+    assert outcome.successful
+    assert harness.spin_until(lambda: harness.vocabularies[-1].version == 2)
+    assert list(harness.vocabularies[-1].class_names) == COLORS
+    assert list(harness.vocabularies[-1].prompt_templates) == ["a photo of a {} shape."]
+    rejected = harness.set_parameters_atomically(vocabulary=SHAPES, prompt_templates=["no slot"])
+    assert not rejected.successful and "{}" in rejected.reason
+    assert harness.segmenter.get_parameter("vocabulary").value == COLORS
+    results = harness.set_parameters(vocabulary=SHAPES, prompt_templates=["single"])
+    assert all(r.successful for r in results)
+    # SetParameters applies each parameter on its own: two versions (3, then 4).
+    assert harness.spin_until(lambda: harness.vocabularies[-1].version == 4)
+    assert list(harness.vocabularies[-1].class_names) == SHAPES
+    assert tuple(harness.vocabularies[-1].prompt_templates) == resolve_templates(["single"])
+
+
+def test_a_change_whose_encoding_fails_restores_the_parameters(harness):
+    encode = harness.segmenter.encoder.encode
+
+    def failing(names, *args, **kwargs):
+        if "kettle" in names:
+            raise RuntimeError("text tower out of memory")
+        return encode(names, *args, **kwargs)
+
+    harness.segmenter.encoder.encode = failing
+    assert harness.set_parameters(vocabulary=["kettle", "cup"])[0].successful
+    assert harness.spin_until(lambda: harness.segmenter.get_parameter("vocabulary").value == SHAPES)
+    assert harness.segmenter.params.vocabulary == SHAPES
+    assert harness.segmenter.get_parameter("prompt_templates").value == ["single"]
+    assert harness.segmenter.vocabulary.version == 1
+    assert harness.set_parameters(vocabulary=COLORS)[0].successful  # later changes still work
+    assert harness.spin_until(lambda: harness.vocabularies[-1].version == 2)
+
+
+def test_a_long_vocabulary_change_reports_progress(harness, capfd, monkeypatch):
+    from ovseg_ros.ros import segmenter_node
+
+    monkeypatch.setattr(segmenter_node, "LONG_ENCODING_PROMPTS", 100)
+    monkeypatch.setattr(segmenter_node, "PROGRESS_INTERVAL_S", 0.0)
+    harness.segmenter.encoder.prompts_per_batch = 16
+    names = [f"thing {index}" for index in range(120)]
+    assert harness.set_parameters(vocabulary=names)[0].successful
+    assert harness.spin_until(lambda: harness.vocabularies[-1].version == 2)
+    log = capfd.readouterr().err
+    assert "encoding 120 class names x 1 templates (120 prompts); this takes a while" in log
+    assert "encoding vocabulary: 16/120 names (13 %), about" in log
+
+
+def test_oversized_frames_are_dropped_before_decoding_with_their_size(harness, capfd):
+    assert harness.set_parameters(max_input_pixels=100_000)[0].successful
+    header = Header(frame_id="cam")
+    huge_raw = Image(header=header, height=1000, width=1000, encoding="rgb8", step=3000)
+    harness.image_pub.publish(huge_raw)  # no pixel data at all: its size alone decides
+    assert harness.spin_until(lambda: harness.segmenter.stats.invalid == 1)
+    log = capfd.readouterr().err
+    assert "frame 1000x1000 (1.0 MP) exceeds max_input_pixels=100000" in log
+    _, good = _scene_image(1_000_030, stamp_sec=7)  # 320x240 = 76800 pixels passes
+    harness.image_pub.publish(good)
+    assert harness.spin_until(lambda: len(harness.results) == 1)
+
+
+def test_compressed_bomb_and_mislabelled_format(ros_context, capfd):
+    import cv2
+
+    h = Harness(ros_context, input_transport="compressed", max_input_pixels=1_000_000)
+    try:
+        h.wait_connected(h.compressed_pub)
+        header = Header(frame_id="cam")
+        ok, bomb = cv2.imencode(".png", np.zeros((4000, 4000, 3), np.uint8))
+        h.compressed_pub.publish(CompressedImage(header=header, format="png", data=bomb.tobytes()))
+        assert h.spin_until(lambda: h.segmenter.stats.invalid == 1)
+        assert (
+            "frame 4000x4000 (16.0 MP) exceeds max_input_pixels=1000000" in capfd.readouterr().err
+        )
+        rgb, _ = _scene_image(1_000_031, stamp_sec=8)
+        ok, png = cv2.imencode(".png", rgb[:, :, ::-1])
+        mislabelled = CompressedImage(header=header, format="jpeg", data=png.tobytes())
+        for count in (1, 2):
+            h.compressed_pub.publish(mislabelled)
+            assert h.spin_until(lambda c=count: len(h.results) == c)
+        expected = h.segmenter.segmenter.segment(rgb, h.segmenter.vocabulary)
+        np.testing.assert_array_equal(_labels_of(h.results[-1].labels), expected.labels)
+        log = capfd.readouterr().err
+        assert log.count("say format 'jpeg' but hold PNG data") == 1, log
+    finally:
+        h.close()
+
+
+def test_large_frames_are_processed_smaller_and_answered_at_full_size(harness):
+    import cv2
+
+    harness.subscribe_overlay()
+    assert harness.spin_until(lambda: harness.segmenter.overlay_pub.get_subscription_count() > 0)
+    assert harness.set_parameters(max_image_side=320)[0].successful
+    scene = toy_world.generate_scene(1_000_032)
+    big = cv2.resize(scene.image, (1280, 960), interpolation=cv2.INTER_NEAREST)
+    header = Header(frame_id="cam")
+    header.stamp.sec = 11
+    harness.image_pub.publish(array_to_image(big, "rgb8", header))
+    assert harness.spin_until(lambda: harness.results and harness.overlays)
+    labels = _labels_of(harness.results[0].labels)
+    assert labels.shape == (960, 1280)
+    assert (harness.overlays[0].height, harness.overlays[0].width) == (960, 1280)
+    small = harness.segmenter.segmenter.segment(scene.image, harness.segmenter.vocabulary)
+    upscaled = cv2.resize(small.labels, (1280, 960), interpolation=cv2.INTER_NEAREST)
+    assert (labels == upscaled).mean() > 0.97  # the same answer, up to the borders
+    for segment in harness.results[0].segments:
+        x, y = segment.roi.x_offset, segment.roi.y_offset
+        assert x + segment.roi.width <= 1280 and y + segment.roi.height <= 960
+        assert (segment.mask.height, segment.mask.width) == (segment.roi.height, segment.roi.width)

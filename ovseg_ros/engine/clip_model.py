@@ -2,7 +2,9 @@
 
 `load_clip` is the one entry point. Real weights (`ViT-B-16` + `openai`), the project's own tiny
 model (`ovseg-tiny-clip` + a local safetensors file) and random weights for benchmarks all go
-through it. Checkpoints load safely: safetensors, or `torch.load(weights_only=True)`.
+through it. Checkpoints load safely: safetensors, or `torch.load(weights_only=True)`, and are
+refused when they hold NaN or Inf. A relative weights path is looked up in the working directory,
+then in the package's install folders (`resolve_weights_path`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from ovseg_ros.engine.options import DEVICES, PRECISIONS, TINY_MODEL
+
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
-TINY_MODEL = "ovseg-tiny-clip"
-"""The project's own small CLIP, trained on the toy world (tools/train_tiny_clip.py)."""
-
-DEVICES = ("auto", "cuda", "cpu")
-PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+HUB_PROBE_TIMEOUT_S = 5.0
+"""How long the check that the Hugging Face hub answers waits before weights count as
+unreachable (huggingface_hub's own downloads retry for about a minute)."""
 
 
 class WeightsNotFoundError(RuntimeError):
@@ -34,7 +36,7 @@ class WeightsNotFoundError(RuntimeError):
 
 
 class CheckpointMismatchError(RuntimeError):
-    """A checkpoint does not fit the architecture it is loaded into."""
+    """A checkpoint is unusable: unreadable, holding NaN or Inf, or not fitting the architecture."""
 
 
 @dataclass
@@ -134,10 +136,31 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
 
 
+def _listing(items: list[str], limit: int = 10) -> str:
+    """The first `limit` items joined with commas, then how many more there are."""
+    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Raises CheckpointMismatchError naming the floating-point tensors that hold NaN or Inf."""
+    broken = sorted(
+        name
+        for name, tensor in state.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    )
+    if broken:
+        raise CheckpointMismatchError(
+            f"{source} holds NaN or Inf values in {len(broken)} tensor(s): {_listing(broken)}"
+        )
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Reads a checkpoint file without unpickling code: safetensors, or torch.load(weights_only).
 
-    Accepts a bare state dict or one nested under 'state_dict' / 'model'.
+    Accepts a bare state dict or one nested under 'state_dict' / 'model'. Raises
+    CheckpointMismatchError for an unreadable file, one without tensors, or one holding NaN or
+    Inf (check_finite).
     """
     path = Path(path)
     if not path.is_file():
@@ -156,7 +179,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointMismatchError(f"{path} holds no tensor state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    check_finite(state, str(path))
+    return state
 
 
 def text_tower_digest(state: dict[str, torch.Tensor]) -> str:
@@ -171,7 +196,8 @@ def text_tower_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Raises CheckpointMismatchError listing missing, unexpected and wrongly shaped tensors."""
+    """Raises CheckpointMismatchError listing missing, unexpected and wrongly shaped tensors (one
+    line)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -180,34 +206,62 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
         for k in sorted(set(expected) & set(state))
         if state[k].shape != expected[k].shape
     ]
-    if missing or unexpected or shapes:
-
-        def listing(title: str, items: list[str]) -> str:
-            more = f" ... and {len(items) - 10} more" if len(items) > 10 else ""
-            return f"\n  {title} ({len(items)}): " + ", ".join(items[:10]) + more if items else ""
-
+    sections = [
+        f"{title} ({len(items)}): {_listing(items)}"
+        for title, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", shapes),
+        )
+        if items
+    ]
+    if sections:
         raise CheckpointMismatchError(
-            f"{source} does not match the architecture:"
-            + listing("missing", missing)
-            + listing("unexpected", unexpected)
-            + listing("shape mismatch", shapes)
+            f"{source} does not match the architecture: " + "; ".join(sections)
         )
 
 
-def bundled_model_file(filename: str) -> Path:
-    """A model file committed with the project (models/): found in a source checkout, else in
-    share/ovseg_ros/models of a ROS install on AMENT_PREFIX_PATH."""
-    candidates = [Path(__file__).resolve().parents[2] / "models" / filename]
+def package_roots() -> list[Path]:
+    """Folders that hold the package's bundled files (models/, config/), in lookup order: the
+    installed Python package (a wheel ships models/ inside it), the source checkout when running
+    from one, and share/ovseg_ros of every ROS prefix on AMENT_PREFIX_PATH (where colcon installs
+    them)."""
+    package = Path(__file__).resolve().parents[1]
+    roots = [package]
+    if (package.parent / "package.xml").is_file():
+        roots.append(package.parent)
     for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-        candidates.append(Path(prefix) / "share" / "ovseg_ros" / "models" / filename)
+        roots.append(Path(prefix) / "share" / "ovseg_ros")
+    return roots
+
+
+def _first_file(candidates: list[Path], what: str) -> Path:
+    """The first candidate that is a file; WeightsNotFoundError listing them all otherwise."""
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise WeightsNotFoundError(
-        f"{filename} not found in "
-        + ", ".join(str(c.parent) for c in candidates)
-        + "; pass the file explicitly (checkpoint parameter / --checkpoint)"
+        f"{what} not found; looked for " + ", ".join(str(c) for c in candidates)
     )
+
+
+def resolve_weights_path(path: str | Path) -> Path:
+    """Where a weights file named by a user (checkpoint, proposal_checkpoint) is: an absolute path
+    as it is; a relative one in the working directory, else under each of package_roots(), so that
+    `models/ovseg-tiny-clip.safetensors` works from any directory. Raises WeightsNotFoundError
+    listing every place looked."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        candidates = [path]
+    else:
+        candidates = [Path.cwd() / path] + [root / path for root in package_roots()]
+    return _first_file(candidates, f"weights file {path}")
+
+
+def bundled_model_file(filename: str) -> Path:
+    """A model file committed with the project (models/), from package_roots()."""
+    candidates = [root / "models" / filename for root in package_roots()]
+    return _first_file(candidates, f"bundled model file {filename}")
 
 
 def default_checkpoint() -> Path:
@@ -231,11 +285,58 @@ def _without_random_init_warning() -> Iterator[None]:
         root.removeFilter(keep)
 
 
-def _cache_dir() -> str:
-    """Where open_clip (through huggingface_hub) caches downloaded weights."""
-    return os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
+def _weights_unavailable(model_name: str, pretrained: str, reason: str) -> WeightsNotFoundError:
+    """The error for a pretrained tag whose weights cannot be had: model, tag, cache, remedies."""
+    import huggingface_hub
+
+    cache = huggingface_hub.constants.HF_HUB_CACHE
+    return WeightsNotFoundError(
+        f"CLIP weights {model_name} / {pretrained} could not be loaded from the cache {cache} "
+        f'nor downloaded ({reason}). Either run python -c "import open_clip; '
+        f"open_clip.create_model('{model_name}', pretrained='{pretrained}')\" on a machine with "
+        f"a network and copy its cache to {cache} here (HF_HOME / HF_HUB_CACHE move it), or give "
+        "a local weights file as checkpoint (--checkpoint; safetensors or a PyTorch state dict)."
     )
+
+
+def _hub_weight_files(model_name: str, pretrained: str) -> tuple[str, list[str]]:
+    """The Hugging Face repository and file names open_clip fetches a tag's weights from, in its
+    order (the safetensors alternative first); ("", []) when the tag is not on the hub."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    hub = open_clip.get_pretrained_cfg(model_name, pretrained).get("hf_hub", "")
+    if not hub:
+        return "", []
+    repo_id, filename = os.path.split(hub)
+    filename = filename or HF_WEIGHTS_NAME
+    if filename == HF_WEIGHTS_NAME:
+        return repo_id, [HF_SAFE_WEIGHTS_NAME, filename]
+    if filename.endswith((".bin", ".pth")):
+        return repo_id, [filename[:-4] + ".safetensors", filename]
+    return repo_id, [filename]
+
+
+def check_pretrained_available(model_name: str, pretrained: str) -> None:
+    """Returns at once when a tag's weights are in the Hugging Face cache or the hub answers for
+    them; raises WeightsNotFoundError within seconds otherwise (HUB_PROBE_TIMEOUT_S per file, no
+    retries), where open_clip would retry each file for about a minute."""
+    import huggingface_hub
+
+    repo_id, filenames = _hub_weight_files(model_name, pretrained)
+    if not filenames:
+        return
+    for filename in filenames:
+        if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, filename), str):
+            return
+    reason = ""
+    for filename in filenames:
+        url = huggingface_hub.hf_hub_url(repo_id, filename)
+        try:
+            huggingface_hub.get_hf_file_metadata(url, timeout=HUB_PROBE_TIMEOUT_S)
+            return
+        except Exception as exc:  # noqa: BLE001 - offline, network and hub errors vary by version
+            reason = f"{url}: {type(exc).__name__}: {exc}".splitlines()[0]
+    raise _weights_unavailable(model_name, pretrained, reason)
 
 
 def load_clip(
@@ -249,8 +350,10 @@ def load_clip(
 ) -> ClipModel:
     """Builds an open_clip model and loads its weights.
 
-    Exactly one weight source: `pretrained` (an open_clip tag such as 'openai', downloaded and
-    cached by open_clip), `checkpoint` (a local file), or `random_weights=True` (benchmarks only).
+    Weight sources: `checkpoint` (a local file, see resolve_weights_path), which overrides
+    `pretrained` (an open_clip tag such as 'openai', downloaded and cached by open_clip), or
+    `random_weights=True` (benchmarks only; with neither of the others). Weights holding NaN or
+    Inf are refused (CheckpointMismatchError).
     compile_image_tower: wrap the image tower's forward (the crop path) in torch.compile with
     dynamic batch sizes; the first frames pay the compilation (tens of seconds), which needs a
     C++ compiler on the CPU and Triton on CUDA.
@@ -261,44 +364,45 @@ def load_clip(
             + ", ".join(sorted(open_clip.list_models())[:12])
             + " ... (open_clip.list_models() lists all)"
         )
-    sources = [s for s in (pretrained, checkpoint) if s] + (["random"] if random_weights else [])
-    if len(sources) != 1:
+    if random_weights == bool(pretrained or checkpoint):
         raise ValueError(
-            "give exactly one weight source: pretrained tag, checkpoint file, or random weights "
+            "give a pretrained tag or a checkpoint file, or random weights alone "
             f"(got pretrained={pretrained!r}, checkpoint={checkpoint!r}, random={random_weights})"
         )
     torch_device = resolve_device(device)
     dtype = resolve_dtype(precision, torch_device)
 
-    if pretrained:
+    if checkpoint:
+        path = resolve_weights_path(checkpoint)
+        state = read_state_dict(path)
+        with _without_random_init_warning():
+            model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+        check_state_dict(model, state, str(path))
+        model.load_state_dict(state, strict=True)
+        source = str(path)
+    elif pretrained:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
         if pretrained not in tags:
             raise WeightsNotFoundError(
                 f"open_clip has no pretrained tag {pretrained!r} for {model_name}; "
                 f"known tags: {', '.join(tags) or 'none'}"
             )
+        check_pretrained_available(model_name, pretrained)
+        # Weights trained with QuickGELU (OpenAI's) run with it even under a model name whose
+        # config says GELU (ViT-B-16), which open_clip would only warn about.
+        quick_gelu = open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu", False)
         try:
-            model = open_clip.create_model(model_name, pretrained=pretrained, device="cpu")
+            model = open_clip.create_model(
+                model_name, pretrained=pretrained, device="cpu", force_quick_gelu=quick_gelu
+            )
         except Exception as exc:  # noqa: BLE001 - network and hub errors vary by version
-            raise WeightsNotFoundError(
-                f"could not load CLIP weights {model_name} / {pretrained}: {exc}\n"
-                f"  open_clip caches downloads in {_cache_dir()} (HF_HOME / HF_HUB_CACHE).\n"
-                "  Without a network: on a machine with one run\n"
-                f"    python -c \"import open_clip; open_clip.create_model('{model_name}', "
-                f"pretrained='{pretrained}')\"\n"
-                "  and copy that cache here, or pass a local weights file as `checkpoint` "
-                "(safetensors or a PyTorch state dict)."
-            ) from exc
+            raise _weights_unavailable(model_name, pretrained, str(exc)) from exc
         source = f"{model_name}/{pretrained}"
+        check_finite(model.state_dict(), source)
     else:
         with _without_random_init_warning():
             model = open_clip.create_model(model_name, pretrained=None, device="cpu")
         source = "random weights"
-        if checkpoint:
-            state = read_state_dict(checkpoint)
-            check_state_dict(model, state, str(checkpoint))
-            model.load_state_dict(state, strict=True)
-            source = str(checkpoint)
 
     model.eval().to(torch_device)
     if dtype == torch.bfloat16:

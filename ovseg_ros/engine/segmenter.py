@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -22,6 +23,13 @@ from ovseg_ros.engine.classify import (
 )
 from ovseg_ros.engine.clip_model import ClipModel, load_clip
 from ovseg_ros.engine.dense import DenseFeatureExtractor
+from ovseg_ros.engine.options import (
+    DEFAULT_CLASSIFIER,
+    DEFAULT_MASK_THRESHOLD,
+    DEFAULT_MAX_IMAGE_SIDE,
+    DEFAULT_MIN_PROPOSAL_AREA,
+    DEFAULT_UNLABELED_THRESHOLD,
+)
 from ovseg_ros.engine.proposals import (
     DEFAULT_PROPOSAL_GENERATOR,
     ProposalGenerator,
@@ -30,9 +38,6 @@ from ovseg_ros.engine.proposals import (
 )
 from ovseg_ros.engine.segmentation import UNLABELED, Segmentation, extract_segments
 from ovseg_ros.engine.vocabulary import EncodedVocabulary
-
-CLASSIFIERS = ("crop", "dense")
-"""Stage-2 classifiers SegmenterConfig.classifier may name."""
 
 AGGREGATION_CHUNK = 1 << 22
 """Most values (masks or classes, whichever are more, x pixels) per block of image rows while
@@ -55,15 +60,36 @@ class SegmenterConfig:
         when the proposal generator scores its masks; 0 uses CLIP alone, as the reference).
     classifier: "crop", one CLIP forward per mask crop (the paper), or "dense", one CLIP
         forward per frame, each mask's class token attending only to its patches (dense.py).
+    max_image_side: processing size, the longest image side both stages see, in pixels (>= 0):
+        larger images are downscaled (cv2.INTER_AREA, aspect ratio kept) for stages 1 and 2,
+        and the result comes back at the input's resolution; 0 processes every image as it is.
     """
 
-    mask_threshold: float = 0.5
-    unlabeled_threshold: float = 0.0
-    min_proposal_area: int = 16
+    mask_threshold: float = DEFAULT_MASK_THRESHOLD
+    unlabeled_threshold: float = DEFAULT_UNLABELED_THRESHOLD
+    min_proposal_area: int = DEFAULT_MIN_PROPOSAL_AREA
     batch_size: int = 32
     min_segment_area: int = 16
     ensemble_weight: float = 0.8
-    classifier: str = "crop"
+    classifier: str = DEFAULT_CLASSIFIER
+    max_image_side: int = DEFAULT_MAX_IMAGE_SIDE
+
+    def __post_init__(self) -> None:
+        if self.max_image_side < 0:
+            raise ValueError(f"max_image_side must be >= 0 (0 = native), got {self.max_image_side}")
+
+
+def processing_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(height, width) an image of height x width pixels is processed at: its own when max_side
+    is 0 or its long side is at most max_side, else scaled so that the long side is max_side
+    (aspect ratio kept, each side rounded and at least 1 pixel)."""
+    if max_side < 0:
+        raise ValueError(f"max_side must be >= 0 (0 = native), got {max_side}")
+    longest = max(height, width)
+    if max_side == 0 or longest <= max_side:
+        return height, width
+    scale = max_side / longest
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def check_image(image: object) -> np.ndarray:
@@ -90,33 +116,15 @@ def check_image(image: object) -> np.ndarray:
     return image
 
 
-def aggregate_scores(
-    probabilities: torch.Tensor,
-    masks: torch.Tensor,
-    weights: torch.Tensor | None = None,
-    unlabeled_threshold: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel labels from per-mask class probabilities.
-
-    probabilities: (N, C) in [0, 1]; masks: (N, H, W) bool or float in [0, 1]; weights: (N,) > 0
-    or None (1).
-    semseg[c, h, w] = sum_q w_q p[q, c] mask_q[h, w] (the paper's einsum, with weights);
-    label = argmax_c semseg. Overlapping masks are normalised by the pixel's coverage
-    sum_q w_q mask_q[h, w]: score = semseg[label] / coverage, the weighted mean of the covering
-    masks' probabilities of that class, in [0, 1] (the argmax is unchanged by it).
-    Returns labels: (H, W) int64, UNLABELED where no mask covers the pixel or the score is below
-    unlabeled_threshold; scores: (H, W) float32, 0 where uncovered.
-    """
+def semseg_maxima(
+    table: torch.Tensor, masks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """table: (N, C + 1), column c < C the weighted class probabilities w_q p[q, c] of each
+    mask, the last column its weight w_q; masks: (N, h, w) bool or float in [0, 1].
+    semseg[k] = sum_q table[q, k] mask_q, computed in blocks of rows (AGGREGATION_CHUNK).
+    Returns best: (h, w) float32, max_c semseg[c]; labels: (h, w) int64, its argmax (0 where
+    semseg is all 0); coverage: (h, w) float32, semseg[C]."""
     height, width = masks.shape[1:]
-    weights = (
-        torch.ones(masks.shape[0], device=masks.device)
-        if weights is None
-        else weights.to(masks.device).float()
-    )
-    # One pass over the masks: column c < C gives semseg[c], the last column the coverage.
-    table = torch.cat(
-        [probabilities.to(masks.device).float() * weights[:, None], weights[:, None]], dim=1
-    )
     best = torch.empty((height, width), device=masks.device)
     labels = torch.empty((height, width), dtype=torch.int64, device=masks.device)
     coverage = torch.empty((height, width), device=masks.device)
@@ -125,6 +133,123 @@ def aggregate_scores(
         sums = torch.einsum("qk,qhw->khw", table, masks[:, top : top + rows].float())
         coverage[top : top + rows] = sums[-1]
         best[top : top + rows], labels[top : top + rows] = sums[:-1].max(dim=0)
+    return best, labels, coverage
+
+
+def linear_taps(out_size: int, in_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear resampling of in_size samples to out_size along one axis, pixel centres aligned
+    (as cv2.INTER_LINEAR and torch's align_corners=False, edges clamped): output i is
+    (1 - frac[i]) * input[low[i]] + frac[i] * input[high[i]].
+    Returns low, high: (out_size,) int64 in [0, in_size); frac: (out_size,) float32 in [0, 1]."""
+    source = (
+        (torch.arange(out_size, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5
+    ).clamp(min=0)
+    low = source.floor().long().clamp(max=in_size - 1)
+    high = (low + 1).clamp(max=in_size - 1)
+    return low, high, (source - low).clamp(max=1).float()
+
+
+def resize_semseg_maxima(
+    table: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """semseg_maxima(table, masks) of semseg bilinearly resized (linear_taps) from the masks'
+    (h, w) to size (H, W): best, labels, coverage, each (H, W).
+
+    semseg is computed at (h, w) in blocks of source rows (AGGREGATION_CHUNK values). Each output
+    pixel mixes the semseg vectors of a 2x2 block of source pixels with weights >= 0; where those
+    share their argmax, it is the argmax of the mix too, and best and coverage are the resized
+    best and coverage. Only output pixels whose source block holds more than one label (class
+    borders) are mixed from the full semseg vectors.
+    """
+    height, width = masks.shape[1:]
+    row_low, row_high, row_frac = (t.to(masks.device) for t in linear_taps(size[0], height))
+    col_low, col_high, col_frac = (t.to(masks.device) for t in linear_taps(size[1], width))
+    out_best = torch.empty(size, device=masks.device)
+    out_labels = torch.empty(size, dtype=torch.int64, device=masks.device)
+    out_coverage = torch.empty(size, device=masks.device)
+    step = max(1, AGGREGATION_CHUNK // (max(table.shape) * width) - 1)
+    for top in range(0, height, step):
+        # Source rows top .. top + step, one more than the block's: the lower taps' row.
+        sums = torch.einsum("qk,qhw->khw", table, masks[:, top : top + step + 1].float())
+        best, labels = sums[:-1].max(dim=0)
+        first, end = torch.searchsorted(
+            row_low, torch.tensor([top, top + step], device=masks.device)
+        )
+        low, high = row_low[first:end] - top, row_high[first:end] - top
+        frac = row_frac[first:end, None]
+        values = torch.stack([best, sums[-1]])
+        values = torch.lerp(values.index_select(1, low), values.index_select(1, high), frac)
+        values = torch.lerp(
+            values.index_select(2, col_low), values.index_select(2, col_high), col_frac
+        )
+        out_best[first:end], out_coverage[first:end] = values
+        out_labels[first:end] = labels.index_select(0, low).index_select(1, col_low)
+        # mixed[y, x]: the 2x2 source block from (y, x) holds more than one label.
+        mixed = torch.zeros_like(labels, dtype=torch.bool)
+        mixed[:, :-1] |= labels[:, 1:] != labels[:, :-1]
+        mixed[:-1] |= labels[1:] != labels[:-1]
+        mixed[:-1, :-1] |= labels[1:, 1:] != labels[:-1, :-1]
+        mixed = mixed.index_select(0, low).index_select(1, col_low)
+        positions = mixed.flatten().nonzero().flatten()
+        flat = sums.flatten(1)
+        pixels = max(1, AGGREGATION_CHUNK // table.shape[1])
+        for start in range(0, len(positions), pixels):
+            position = positions[start : start + pixels]
+            y, x = position // size[1], position % size[1]
+            fy, fx = frac[y, 0], col_frac[x]
+            mix = sum(
+                weight * flat.index_select(1, rows[y] * width + cols[x])
+                for rows, cols, weight in (
+                    (low, col_low, (1 - fy) * (1 - fx)),
+                    (low, col_high, (1 - fy) * fx),
+                    (high, col_low, fy * (1 - fx)),
+                    (high, col_high, fy * fx),
+                )
+            )
+            mix_best, mix_labels = mix[:-1].max(dim=0)
+            position = position + first * size[1]
+            out_best.view(-1).index_copy_(0, position, mix_best)
+            out_labels.view(-1).index_copy_(0, position, mix_labels)
+            out_coverage.view(-1).index_copy_(0, position, mix[-1])
+    return out_best, out_labels, out_coverage
+
+
+def aggregate_scores(
+    probabilities: torch.Tensor,
+    masks: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    unlabeled_threshold: float = 0.0,
+    output_size: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel labels from per-mask class probabilities.
+
+    probabilities: (N, C) in [0, 1]; masks: (N, h, w) bool or float in [0, 1]; weights: (N,) > 0
+    or None (1); output_size: (H, W) of the labels and scores, None = (h, w).
+    semseg[c] = sum_q w_q p[q, c] mask_q (the paper's einsum, with weights), bilinearly resized
+    to (H, W) when that differs (as the reference resizes its class scores to the input's
+    size); label = argmax_c semseg. Overlapping masks are normalised by the pixel's coverage
+    sum_q w_q mask_q (resized alike): score = semseg[label] / coverage, the weighted mean of the
+    covering masks' probabilities of that class, in [0, 1] (the argmax is unchanged by it).
+    A mask whose probabilities are not all finite (NaN or inf, e.g. after an fp16 overflow in
+    the image tower) is left out, so every score is finite.
+    Returns labels: (H, W) int64, UNLABELED where no mask covers the pixel or the score is below
+    unlabeled_threshold; scores: (H, W) float32, 0 where uncovered.
+    """
+    weights = (
+        torch.ones(masks.shape[0], device=masks.device)
+        if weights is None
+        else weights.to(masks.device).float()
+    )
+    probabilities = probabilities.to(masks.device).float()
+    finite = probabilities.isfinite().all(dim=1)
+    weights = torch.where(finite, weights, torch.zeros_like(weights))
+    probabilities = torch.where(finite[:, None], probabilities, torch.zeros_like(probabilities))
+    # One pass over the masks: column c < C gives semseg[c], the last column the coverage.
+    table = torch.cat([probabilities * weights[:, None], weights[:, None]], dim=1)
+    if output_size is None or tuple(output_size) == tuple(masks.shape[1:]):
+        best, labels, coverage = semseg_maxima(table, masks)
+    else:
+        best, labels, coverage = resize_semseg_maxima(table, masks, tuple(output_size))
     covered = coverage > 0
     scores = torch.where(covered, best / coverage.clamp(min=1e-12), torch.zeros_like(best))
     labels[~covered | (scores < unlabeled_threshold)] = UNLABELED
@@ -160,11 +285,20 @@ class TwoStageSegmenter:
                 "with this segmenter's CLIP model"
             )
 
+    def processing_image(self, image: np.ndarray) -> np.ndarray:
+        """image (H, W, 3) uint8 RGB -> the image both stages see: image itself, or downscaled
+        with cv2.INTER_AREA to processing_size(H, W, config.max_image_side)."""
+        height, width = processing_size(*image.shape[:2], self.config.max_image_side)
+        if (height, width) == image.shape[:2]:
+            return image
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
     def propose(self, image: np.ndarray, vocabulary: EncodedVocabulary) -> Proposals:
-        """Stage 1 alone: image (H, W, 3) uint8 RGB -> its mask proposals, for a later
-        segment(image, vocabulary, proposals) (e.g. on another thread, as the node's pipeline)."""
+        """Stage 1 alone: image (H, W, 3) uint8 RGB -> the mask proposals of its processing
+        image (processing_image), for a later segment(image, vocabulary, proposals) with the same
+        image (e.g. on another thread, as the node's pipeline)."""
         self._check_inputs(image, vocabulary)
-        return self.proposals(image, vocabulary)
+        return self.proposals(self.processing_image(image), vocabulary)
 
     def segment(
         self,
@@ -172,11 +306,14 @@ class TwoStageSegmenter:
         vocabulary: EncodedVocabulary,
         proposals: Proposals | None = None,
     ) -> Segmentation:
-        """image: (H, W, 3) uint8 RGB (see check_image) -> Segmentation under `vocabulary`.
+        """image: (H, W, 3) uint8 RGB (see check_image) -> Segmentation under `vocabulary`, at
+        the image's resolution.
 
-        proposals: propose(image, vocabulary) computed earlier, or None to run stage 1 here.
-        timings_ms holds the wall time of: proposals (only when run here), crops, clip_image,
-        aggregation, segments.
+        Both stages see processing_image(image); the aggregation brings the class scores back
+        to (H, W). proposals: propose(image, vocabulary) computed earlier (masks of the
+        processing image's size), or None to run stage 1 here. timings_ms holds the wall time
+        of: resize (only when the image is downscaled), proposals (only when run here), crops,
+        clip_image, aggregation (with the resize back to (H, W)), segments.
         """
         self._check_inputs(image, vocabulary)
         config = self.config
@@ -191,18 +328,27 @@ class TwoStageSegmenter:
             timings[stage] = 1000.0 * (now - clock)
             clock = now
 
+        processed = self.processing_image(image)
+        if processed is not image:
+            lap("resize")
         if proposals is None:
-            proposals = self.proposals(image, vocabulary)
+            proposals = self.proposals(processed, vocabulary)
             lap("proposals")
+        elif tuple(proposals.masks.shape[1:]) != processed.shape[:2]:
+            raise ValueError(
+                f"the proposals' masks are {tuple(proposals.masks.shape[1:])} but this "
+                f"{image.shape[0]}x{image.shape[1]} image is processed at {processed.shape[:2]} "
+                f"(max_image_side {config.max_image_side}); make them with propose(image, ...)"
+            )
         masks = proposals.masks.to(self.clip.device)
         if config.classifier == "dense":
             binary, kept = usable_masks(masks, config.mask_threshold, config.min_proposal_area)
             kept = kept.cpu()
             lap("crops")
-            embeddings = self.dense.mask_embeddings(image, binary)
+            embeddings = self.dense.mask_embeddings(processed, binary)
         elif config.classifier == "crop":
             crops = self.classifier.make_crops(
-                image, masks, config.mask_threshold, config.min_proposal_area
+                processed, masks, config.mask_threshold, config.min_proposal_area
             )
             kept = crops.kept
             lap("crops")
@@ -230,7 +376,9 @@ class TwoStageSegmenter:
             if len(kept) < len(masks):
                 masks = masks[kept.to(masks.device)]
                 weights = None if weights is None else weights[kept]
-        labels, scores = aggregate_scores(probabilities, masks, weights, config.unlabeled_threshold)
+        labels, scores = aggregate_scores(
+            probabilities, masks, weights, config.unlabeled_threshold, image.shape[:2]
+        )
         lap("aggregation")
         labels = labels.astype(np.uint16)
         segments = extract_segments(labels, scores, vocabulary.class_names, config.min_segment_area)

@@ -10,7 +10,7 @@ normalisation: surrounding and repeated whitespace removed, case ignored.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -137,16 +137,23 @@ class VocabularyEncoder:
         return len(self._cache)
 
     def encode(
-        self, names: Sequence[str], templates: str | Sequence[str] = DEFAULT_TEMPLATES
+        self,
+        names: Sequence[str],
+        templates: str | Sequence[str] = DEFAULT_TEMPLATES,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> EncodedVocabulary:
         """Validates `names` (see validate_class_names) and `templates` (set names and/or
         templates, see prompts.resolve_templates); returns the encoded vocabulary, with a new
-        version."""
+        version.
+
+        on_progress(done, total): called before the first text-tower batch with done=0 and after
+        each batch, counting the names not cached yet; not called when all are cached.
+        """
         entries = validate_class_names(names, self.max_classes)
         template_set = resolve_templates(templates)
         synonyms = tuple(split_synonyms(entry) for entry in entries)
         with self._lock:
-            self._embed_missing([n for group in synonyms for n in group], template_set)
+            self._embed_missing([n for group in synonyms for n in group], template_set, on_progress)
             rows = [
                 torch.stack([self._cache[(template_set, n)] for n in group]).mean(0)
                 for group in synonyms
@@ -161,12 +168,19 @@ class VocabularyEncoder:
             text_embeddings=F.normalize(torch.stack(rows), dim=-1),
         )
 
-    def _embed_missing(self, names: list[str], templates: tuple[str, ...]) -> None:
+    def _embed_missing(
+        self,
+        names: list[str],
+        templates: tuple[str, ...],
+        on_progress: Callable[[int, int], None] | None,
+    ) -> None:
         """Runs the text tower for the names not cached yet under `templates`: per name the
         normalised mean of its templates' (unit-norm) sentence embeddings."""
         missing = list(dict.fromkeys(n for n in names if (templates, n) not in self._cache))
         if not missing:
             return
+        report = on_progress or (lambda done, total: None)
+        report(0, len(missing))
         names_per_batch = max(1, self.prompts_per_batch // len(templates))
         for start in range(0, len(missing), names_per_batch):
             chunk = missing[start : start + names_per_batch]
@@ -175,3 +189,4 @@ class VocabularyEncoder:
             averaged = F.normalize(embeddings.mean(dim=1), dim=-1)
             for name, embedding in zip(chunk, averaged, strict=True):
                 self._cache[(templates, name)] = embedding
+            report(start + len(chunk), len(missing))

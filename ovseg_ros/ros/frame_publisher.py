@@ -29,23 +29,33 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_frames(source: Path) -> Iterator[np.ndarray]:
-    """Frames of a folder of images or a video file, as (H, W, 3) uint8 BGR (OpenCV order)."""
+def check_source(source: Path) -> None:
+    """Raises FileNotFoundError or ValueError, naming `source`, unless it is a folder with
+    images or a video file OpenCV can open."""
+    if str(source) in ("", "."):
+        raise ValueError("parameter source is empty: give a folder of images or a video file")
     if source.is_dir():
-        files = image_files(source)
-        if not files:
+        if not image_files(source):
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {source}")
-        for path in files:
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if frame is None:
-                raise ValueError(f"cannot read image {path}")
-            yield frame
         return
     if not source.is_file():
         raise FileNotFoundError(f"no such folder or video file: {source}")
     capture = cv2.VideoCapture(str(source))
-    if not capture.isOpened():
+    opened = capture.isOpened()
+    capture.release()
+    if not opened:
         raise ValueError(f"cannot open video {source}")
+
+
+def read_frames(source: Path) -> Iterator[np.ndarray | str]:
+    """Frames of a folder of images or a video file (see check_source), as (H, W, 3) uint8
+    BGR (OpenCV order); an image file that cannot be read yields the reason instead."""
+    if source.is_dir():
+        for path in image_files(source):
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            yield f"cannot read image {path}" if frame is None else frame
+        return
+    capture = cv2.VideoCapture(str(source))
     try:
         while True:
             ok, frame = capture.read()
@@ -72,6 +82,7 @@ class FramePublisher(Node):
             raise ValueError(f"encoding must be rgb8 or bgr8, got {self.encoding!r}")
         if rate_hz <= 0:
             raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
+        check_source(self.source)
         self._frames = read_frames(self.source)
         self.published = 0
         qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
@@ -81,7 +92,7 @@ class FramePublisher(Node):
             self.publisher = self.create_publisher(Image, "image", qos)
         self.timer = self.create_timer(1.0 / rate_hz, self._publish_next)
 
-    def _next_frame(self) -> np.ndarray | None:
+    def _next_frame(self) -> np.ndarray | str | None:
         frame = next(self._frames, None)
         if frame is None and self.loop and self.published > 0:
             self._frames = read_frames(self.source)
@@ -95,6 +106,9 @@ class FramePublisher(Node):
         if frame is None:
             self.get_logger().info(f"published all {self.published} frames of {self.source}")
             self.timer.cancel()
+            return
+        if isinstance(frame, str):
+            self.get_logger().warning(f"skipped: {frame}")
             return
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
         if self.compressed:
@@ -110,10 +124,16 @@ class FramePublisher(Node):
             self.publisher.publish(array_to_image(frame, "bgr8", header))
         self.published += 1
 
+    def stop(self, timeout_s: float) -> bool:
+        """Stops publishing (the timer runs on the executor, which has stopped): nothing to
+        wait for."""
+        self.timer.cancel()
+        return True
+
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: `ovseg_frame_publisher --ros-args -p source:=FOLDER_OR_VIDEO`."""
-    return run_node(FramePublisher, argv)
+    return run_node(FramePublisher, "ovseg_frame_publisher", argv)
 
 
 if __name__ == "__main__":

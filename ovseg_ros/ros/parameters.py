@@ -11,7 +11,9 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 
 from ovseg_ros.engine.clip_model import DEVICES, PRECISIONS
-from ovseg_ros.engine.segmenter import CLASSIFIERS, SegmenterConfig
+from ovseg_ros.engine.options import CLASSIFIERS
+from ovseg_ros.engine.proposals import proposal_generator_names
+from ovseg_ros.engine.segmenter import SegmenterConfig
 
 
 @dataclass
@@ -30,6 +32,8 @@ class SegmenterParameters:
     proposal_generator: str
     proposal_checkpoint: str
     max_proposals: int
+    max_image_side: int
+    max_input_pixels: int
     classifier: str
     ensemble_weight: float
     mask_threshold: float
@@ -58,6 +62,8 @@ DEFAULTS = SegmenterParameters(
     proposal_generator="superpixel",
     proposal_checkpoint="",
     max_proposals=100,
+    max_image_side=SegmenterConfig.max_image_side,
+    max_input_pixels=4096 * 4096,
     classifier=SegmenterConfig.classifier,
     ensemble_weight=SegmenterConfig.ensemble_weight,
     mask_threshold=SegmenterConfig.mask_threshold,
@@ -85,6 +91,8 @@ DYNAMIC = {
     "min_proposal_area",
     "max_rate_hz",
     "max_age_s",
+    "max_image_side",
+    "max_input_pixels",
     "overlay_alpha",
 }
 
@@ -105,9 +113,10 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
         {},
     ),
     "model": ("open_clip model name, e.g. ViT-B-16, or ovseg-tiny-clip.", {}),
-    "pretrained": ("open_clip pretrained tag (e.g. openai); empty when checkpoint is set.", {}),
+    "pretrained": ("open_clip pretrained tag (e.g. openai); ignored when checkpoint is set.", {}),
     "checkpoint": (
-        "Local CLIP weights file (safetensors or state dict); overrides pretrained.",
+        "Local CLIP weights file (safetensors or state dict); overrides pretrained. A relative "
+        "path is looked up in the working directory, then in the package's install folders.",
         {},
     ),
     "device": ("auto | cuda | cpu.", {}),
@@ -125,7 +134,10 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
         "Largest vocabulary accepted.",
         {"integer_range": [IntegerRange(from_value=1, to_value=65534, step=1)]},
     ),
-    "proposal_generator": ("Stage-1 mask proposal generator: superpixel | maskformer.", {}),
+    "proposal_generator": (
+        "Stage-1 mask proposal generator: " + " | ".join(proposal_generator_names()) + ".",
+        {},
+    ),
     "proposal_checkpoint": (
         "Weights of a learned proposal generator (maskformer); empty = its bundled default.",
         {},
@@ -143,6 +155,17 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
     "max_proposals": (
         "Most mask proposals classified per frame.",
         {"integer_range": [IntegerRange(from_value=1, to_value=1000, step=1)]},
+    ),
+    "max_image_side": (
+        "Processing size: frames whose long side is larger are downscaled to it for both "
+        "stages; labels, masks and overlay come back at the input's resolution. 0 = native.",
+        {"integer_range": [IntegerRange(from_value=0, to_value=1 << 16, step=1)]},
+    ),
+    "max_input_pixels": (
+        "Frames with more pixels (width x height, read before decoding: a compressed frame's "
+        "PNG/JPEG header) are dropped with a warning; with a limit, compressed frames in "
+        "other formats are refused. 0 = no limit.",
+        {"integer_range": [IntegerRange(from_value=0, to_value=1 << 40, step=1)]},
     ),
     "mask_threshold": (
         "Binarisation threshold of soft proposal masks (maskformer) for stage 2; superpixel "
@@ -190,6 +213,7 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
 
 CHOICES = {
     "classifier": CLASSIFIERS,
+    "proposal_generator": tuple(proposal_generator_names()),
     "device": DEVICES,
     "precision": PRECISIONS,
     "input_transport": ("raw", "compressed"),
@@ -197,28 +221,88 @@ CHOICES = {
 }
 
 
-def check_choice(name: str, value: object) -> None:
-    """Raises ValueError when parameter `name` has choices and `value` is not one of them."""
+LIST_ITEMS = {"vocabulary": "names", "prompt_templates": "template set names or templates"}
+"""What the items of each list parameter are, for the wrong-type message."""
+
+
+def _example(value: object) -> str:
+    """A parameter value as `ros2 param set` takes it (lists: their first two items)."""
+    if isinstance(value, list):
+        return '"[' + ", ".join(f"'{item}'" for item in value[:2]) + ']"'
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if value != "" else "''"
+
+
+def _in_range(name: str, value: float) -> None:
+    """Raises ValueError when `value` lies outside the range in name's descriptor."""
+    ranges = DESCRIPTIONS[name][1]
+    for bound in ranges.get("integer_range", []) + ranges.get("floating_point_range", []):
+        if not bound.from_value <= value <= bound.to_value:
+            raise ValueError(
+                f"parameter {name} must be between {bound.from_value} and {bound.to_value}, "
+                f"got {value}"
+            )
+
+
+def check_value(name: str, value: object) -> object:
+    """Checks a value for parameter `name` (its type, range and choices) and returns it as the
+    node uses it: an integer given for a float parameter becomes a float, arrays become lists.
+
+    Raises ValueError with the node's own reason and an example, e.g.
+    `parameter vocabulary must be a list of names, e.g. "['person', 'chair']"`.
+    """
+    default = getattr(DEFAULTS, name)
+    example = f"e.g. {_example(default)}"
+    if value is None:  # NOT_SET: what `name:=[]` and an empty YAML value give
+        if isinstance(default, list):
+            return []
+        raise ValueError(f"parameter {name} has no value, {example}")
+    if isinstance(default, list):
+        items = list(value) if isinstance(value, list | tuple) else None
+        if items is None or not all(isinstance(item, str) for item in items):
+            raise ValueError(f"parameter {name} must be a list of {LIST_ITEMS[name]}, {example}")
+        return items
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"parameter {name} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"parameter {name} must be an integer, {example}; got {value!r}")
+        _in_range(name, value)
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"parameter {name} must be a number, {example}; got {value!r}")
+        _in_range(name, float(value))
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"parameter {name} must be a string, {example}; got {value!r}")
     if name in CHOICES and value not in CHOICES[name]:
         raise ValueError(f"parameter {name} must be one of {CHOICES[name]}, got {value!r}")
+    return value
 
 
 def declare_parameters(node: Node) -> SegmenterParameters:
     """Declares every parameter on `node` with its descriptor and returns the values in force.
 
-    Raises ValueError for a value outside its choices (device, precision, transport, QoS).
+    Parameters are dynamically typed for rclpy so that a value of the wrong type reaches
+    check_value, whose reason names the parameter and gives an example (rclpy's own says only
+    "Wrong parameter type"). Raises ValueError for a value check_value refuses.
     """
     for field in fields(SegmenterParameters):
         description, ranges = DESCRIPTIONS[field.name]
         descriptor = ParameterDescriptor(
-            description=description, read_only=field.name not in DYNAMIC, **ranges
+            description=description,
+            read_only=field.name not in DYNAMIC,
+            dynamic_typing=True,
+            **ranges,
         )
         node.declare_parameter(field.name, getattr(DEFAULTS, field.name), descriptor)
-    values = SegmenterParameters(
-        **{f.name: node.get_parameter(f.name).value for f in fields(SegmenterParameters)}
+    return SegmenterParameters(
+        **{
+            f.name: check_value(f.name, node.get_parameter(f.name).value)
+            for f in fields(SegmenterParameters)
+        }
     )
-    for name in CHOICES:
-        check_choice(name, getattr(values, name))
-    values.vocabulary = list(values.vocabulary)
-    values.prompt_templates = list(values.prompt_templates)
-    return values

@@ -15,8 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,11 +43,12 @@ from ovseg_ros.ros.conversions import (
     ImageConversionError,
     array_to_image,
     compressed_to_rgb,
+    format_mismatch,
     image_to_rgb,
     segmentation_to_msg,
     vocabulary_to_msg,
 )
-from ovseg_ros.ros.parameters import SegmenterParameters, check_choice, declare_parameters
+from ovseg_ros.ros.parameters import SegmenterParameters, check_value, declare_parameters
 from ovseg_ros.ros.runner import run_node
 
 
@@ -79,10 +79,55 @@ class PreparedFrame:
     timings_ms: dict[str, float]
 
 
+@dataclass(frozen=True)
+class VocabularyRequest:
+    """An accepted vocabulary: validated class names and resolved templates (what equality
+    compares), and the parameter values that asked for them (restored when a later change
+    cannot be encoded)."""
+
+    names: list[str]
+    templates: tuple[str, ...]
+    parameters: dict[str, list[str]] = field(compare=False)
+
+    @classmethod
+    def from_parameters(
+        cls, vocabulary: list[str], prompt_templates: list[str], max_classes: int
+    ) -> VocabularyRequest:
+        """Raises ValueError for an invalid vocabulary or template (the reason says which)."""
+        return cls(
+            validate_class_names(vocabulary, max_classes),
+            resolve_templates(prompt_templates),
+            {"vocabulary": list(vocabulary), "prompt_templates": list(prompt_templates)},
+        )
+
+
+class NodeStoppedError(Exception):
+    """Raised inside a vocabulary encoding to end it when the node stops."""
+
+
+LONG_ENCODING_PROMPTS = 5000
+"""Vocabulary changes of this many new prompts or more (class names x templates) are announced
+in the log, with progress every PROGRESS_INTERVAL_S (1000 classes x 80 templates take about a
+minute on a 2-core CPU)."""
+
+PROGRESS_INTERVAL_S = 5.0
+
+
 class SegmenterNode(Node):
     """Open-vocabulary segmentation of a camera stream (see README.md for topics and parameters)."""
 
     def __init__(self, **node_kwargs) -> None:
+        # State that stop() and destroy_node() rely on comes first: a node whose start fails
+        # (missing weights, a bad parameter) is still destroyed by rclpy's shutdown.
+        self.stats = FrameStats()
+        self._frame_lock = threading.Condition()
+        self._pending: tuple[Image | CompressedImage, float] | None = None
+        self._running = True
+        self._workers: list[threading.Thread] = []
+        self._threads_before: ThreadSettings | None = None
+        self._vocabulary_requests: queue.Queue[VocabularyRequest] = queue.Queue()
+        self._parameters_lock = threading.RLock()
+        self._warned_formats: set[str] = set()
         super().__init__("ovseg_segmenter", **node_kwargs)
         self.params: SegmenterParameters = declare_parameters(self)
         p = self.params
@@ -101,19 +146,15 @@ class SegmenterNode(Node):
         )
         self._apply_segmenter_settings(p)
         self.encoder = VocabularyEncoder(self.segmenter.clip, max_classes=p.max_classes)
+        request = VocabularyRequest.from_parameters(p.vocabulary, p.prompt_templates, p.max_classes)
         self.vocabulary: EncodedVocabulary = self.encoder.encode(
-            validate_class_names(p.vocabulary, p.max_classes), resolve_templates(p.prompt_templates)
+            request.names, request.templates, self._progress_logger(request)
         )
+        self._requested = self._in_force = request
         self.get_logger().info(
             f"loaded {self.segmenter.clip.source} on {self.segmenter.clip.device} and "
             f"{len(self.vocabulary.class_names)} classes in {time.monotonic() - start:.1f} s"
         )
-
-        self.stats = FrameStats()
-        self._frame_lock = threading.Condition()
-        self._pending: tuple[Image | CompressedImage, float] | None = None
-        self._running = True
-        self._vocabulary_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vocabulary")
 
         self.labels_pub = self.create_publisher(Image, "~/labels", 1)
         self.overlay_pub = self.create_publisher(Image, "~/overlay", 1)
@@ -142,8 +183,10 @@ class SegmenterNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._prepared: queue.Queue[PreparedFrame] | None = None
-        self._threads_before: ThreadSettings | None = None
-        self._workers = [threading.Thread(target=self._process_frames, name="segmenter")]
+        self._workers = [
+            threading.Thread(target=self._process_frames, name="segmenter"),
+            threading.Thread(target=self._encode_vocabularies, name="vocabulary"),
+        ]
         if p.pipeline:
             self._prepared = queue.Queue(maxsize=1)
             self._workers.append(threading.Thread(target=self._finish_frames, name="stage2"))
@@ -205,7 +248,8 @@ class SegmenterNode(Node):
             if p.max_rate_hz > 0:
                 wait = last_start + 1.0 / p.max_rate_hz - time.monotonic()
                 if wait > 0:
-                    time.sleep(wait)
+                    with self._frame_lock:
+                        self._frame_lock.wait_for(lambda: not self._running, timeout=wait)
             last_start = time.monotonic()
             frame = self._skip_on_error(self._prepare, msg)
             if frame is None:
@@ -234,12 +278,15 @@ class SegmenterNode(Node):
                 continue
 
     def _skip_on_error(self, step: Callable[[Any], Any], arg: object) -> Any:
-        """step(arg), or None after counting and logging why the frame is skipped."""
+        """step(arg), or None after counting and logging why the frame is skipped. Once the node
+        stops, a step that fails because the node's publishers are gone ends quietly."""
         try:
             return step(arg)
         except ImageConversionError as exc:
             self.get_logger().warning(f"skipped a frame: {exc}", throttle_duration_sec=2.0)
         except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the node
+            if not self._running or not self.context.ok():
+                return None
             self.get_logger().error(f"segmentation failed, frame skipped: {exc!r}")
         with self._frame_lock:
             self.stats.invalid += 1
@@ -248,7 +295,12 @@ class SegmenterNode(Node):
     def _prepare(self, msg: Image | CompressedImage) -> PreparedFrame:
         """Decodes the frame; with `pipeline` also runs stage 1."""
         started = time.perf_counter()
-        rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+        max_pixels = self.params.max_input_pixels
+        if isinstance(msg, CompressedImage):
+            self._note_format_mismatch(msg)
+            rgb = compressed_to_rgb(msg, max_pixels)
+        else:
+            rgb = image_to_rgb(msg, max_pixels)
         timings = {"decode": (time.perf_counter() - started) * 1e3}
         vocabulary = self.vocabulary
         proposals = None
@@ -258,10 +310,20 @@ class SegmenterNode(Node):
             timings["proposals"] = (time.perf_counter() - started) * 1e3
         return PreparedFrame(msg, rgb, vocabulary, proposals, timings)
 
+    def _note_format_mismatch(self, msg: CompressedImage) -> None:
+        """Says once per (declared, actual) pair that a frame's `format` names another
+        encoding than its bytes hold; the frame is decoded by its bytes."""
+        note = format_mismatch(msg)
+        if note is not None and msg.format not in self._warned_formats:
+            self._warned_formats.add(msg.format)
+            self.get_logger().warning(note)
+
     def _finish(self, frame: PreparedFrame) -> None:
         """Stage 2 (and stage 1 unless done already), then publishes labels, result, overlay."""
         segmentation = self.segmenter.segment(frame.rgb, frame.vocabulary, frame.proposals)
         segmentation.timings_ms = {**frame.timings_ms, **segmentation.timings_ms}
+        if not self._running:
+            return
 
         publish_start = time.perf_counter()
         header = frame.msg.header
@@ -286,41 +348,111 @@ class SegmenterNode(Node):
         config.min_proposal_area = p.min_proposal_area
         config.ensemble_weight = p.ensemble_weight
         config.classifier = p.classifier
+        config.max_image_side = p.max_image_side
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
-        """Validates a change; vocabulary and template changes are encoded on another thread."""
-        changes = {param.name: param.value for param in parameters}
-        names = list(changes.get("vocabulary", self.params.vocabulary))
-        templates = list(changes.get("prompt_templates", self.params.prompt_templates))
-        try:
+        """Validates a change (all parameters of one request together); a vocabulary or template
+        change that differs from the last accepted one is queued for encoding."""
+        with self._parameters_lock:
+            try:
+                changes = {param.name: check_value(param.name, param.value) for param in parameters}
+                request = VocabularyRequest.from_parameters(
+                    changes.get("vocabulary", self.params.vocabulary),
+                    changes.get("prompt_templates", self.params.prompt_templates),
+                    self.params.max_classes,
+                )
+            except ValueError as exc:
+                self.get_logger().warning(f"rejected parameter change: {exc}")
+                return SetParametersResult(successful=False, reason=str(exc))
             for name, value in changes.items():
-                check_choice(name, value)
-            names = validate_class_names(names, self.params.max_classes)
-            resolved_templates = resolve_templates(templates)
-        except ValueError as exc:
-            self.get_logger().warning(f"rejected parameter change: {exc}")
-            return SetParametersResult(successful=False, reason=str(exc))
+                setattr(self.params, name, value)
+            self._apply_segmenter_settings(self.params)
+            if request != self._requested:
+                self._requested = request
+                self._vocabulary_requests.put(request)
+            return SetParametersResult(successful=True)
 
-        for name, value in changes.items():
-            setattr(self.params, name, list(value) if isinstance(value, list) else value)
-        self._apply_segmenter_settings(self.params)
-        if "vocabulary" in changes or "prompt_templates" in changes:
-            self._vocabulary_pool.submit(self._swap_vocabulary, names, resolved_templates)
-        return SetParametersResult(successful=True)
+    def _encode_vocabularies(self) -> None:
+        """Vocabulary worker: encodes the accepted changes in order and swaps each in."""
+        while self._running:
+            try:
+                request = self._vocabulary_requests.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self._swap_vocabulary(request)
 
-    def _swap_vocabulary(self, names: list[str], templates: list[str]) -> None:
+    def _swap_vocabulary(self, request: VocabularyRequest) -> None:
         started = time.monotonic()
         try:
-            vocabulary = self.encoder.encode(names, templates)
+            vocabulary = self.encoder.encode(
+                request.names, request.templates, self._progress_logger(request)
+            )
+        except NodeStoppedError:
+            return
         except Exception as exc:  # noqa: BLE001 - the old vocabulary stays in force
-            self.get_logger().error(f"vocabulary change failed, old one kept: {exc!r}")
+            self._restore_vocabulary_parameters(request, exc)
             return
         self.vocabulary = vocabulary
+        self._in_force = request
         self._publish_vocabulary(vocabulary)
         self.get_logger().info(
-            f"vocabulary v{vocabulary.version} ({len(names)} classes) in force after "
+            f"vocabulary v{vocabulary.version} ({len(request.names)} classes) in force after "
             f"{(time.monotonic() - started) * 1e3:.0f} ms"
         )
+
+    def _restore_vocabulary_parameters(self, failed: VocabularyRequest, exc: Exception) -> None:
+        """After a change that was accepted but could not be encoded, sets the vocabulary and
+        template parameters back to the vocabulary in force (unless a newer change is queued),
+        so that they never show a vocabulary that is not in force."""
+        with self._parameters_lock:
+            restore = self._requested == failed
+            if restore:
+                self._requested = self._in_force
+                for name, value in self._in_force.parameters.items():
+                    setattr(self.params, name, list(value))
+                self.set_parameters(
+                    [Parameter(n, value=v) for n, v in self._in_force.parameters.items()]
+                )
+        self.get_logger().error(
+            f"vocabulary change to {len(failed.names)} classes failed: {exc}; "
+            + (
+                f"vocabulary and prompt_templates set back to v{self.vocabulary.version}"
+                if restore
+                else "a newer change follows"
+            )
+        )
+
+    def _progress_logger(self, request: VocabularyRequest) -> Callable[[int, int], None]:
+        """An on_progress callback for VocabularyEncoder.encode: says when an encoding will take
+        long (LONG_ENCODING_PROMPTS prompts or more) and how far it is every
+        PROGRESS_INTERVAL_S; raises NodeStoppedError once the node stops, ending the encoding."""
+        logger = self.get_logger()
+        started = time.monotonic()
+        last_report = started
+
+        def on_progress(done: int, total: int) -> None:
+            nonlocal last_report
+            if not self._running:
+                raise NodeStoppedError
+            prompts = total * len(request.templates)
+            if prompts < LONG_ENCODING_PROMPTS:
+                return
+            now = time.monotonic()
+            if done == 0:
+                logger.info(
+                    f"encoding {total} class names x {len(request.templates)} templates "
+                    f"({prompts} prompts); this takes a while, and frames keep the vocabulary "
+                    "in force until it is done"
+                )
+            elif now - last_report >= PROGRESS_INTERVAL_S and done < total:
+                last_report = now
+                left_s = (now - started) / done * (total - done)
+                logger.info(
+                    f"encoding vocabulary: {done}/{total} names ({100 * done // total} %), "
+                    f"about {left_s:.0f} s left"
+                )
+
+        return on_progress
 
     def _publish_vocabulary(self, vocabulary: EncodedVocabulary) -> None:
         header = Header(stamp=self.get_clock().now().to_msg())
@@ -334,21 +466,32 @@ class SegmenterNode(Node):
             )
         )
 
-    def destroy_node(self) -> None:
+    # --- stopping ---------------------------------------------------------------------------
+    def stop(self, timeout_s: float) -> bool:
+        """Stops the workers: no frame is published after this returns. Waits at most
+        `timeout_s` in all; returns False when a worker is still busy then (inside a CLIP
+        forward, which cannot be interrupted). Safe to call more than once, and on a node whose
+        start failed."""
         with self._frame_lock:
             self._running = False
             self._frame_lock.notify_all()
+        deadline = time.monotonic() + timeout_s
         for worker in self._workers:
-            worker.join(timeout=5.0)
-        if self._threads_before is not None:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        stopped = not any(worker.is_alive() for worker in self._workers)
+        if stopped and self._threads_before is not None:
             self._threads_before.apply()
-        self._vocabulary_pool.shutdown(wait=True)
+            self._threads_before = None
+        return stopped
+
+    def destroy_node(self) -> None:
+        self.stop(timeout_s=10.0)
         super().destroy_node()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: `ovseg_segmenter --ros-args ...`."""
-    return run_node(SegmenterNode, argv)
+    return run_node(SegmenterNode, "ovseg_segmenter", argv)
 
 
 if __name__ == "__main__":

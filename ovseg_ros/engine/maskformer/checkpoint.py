@@ -12,9 +12,10 @@ Two formats:
   and loss buffers in such a file are dropped (REFERENCE_DROPPED_PREFIXES); the architecture is
   read off the tensor shapes (infer_reference_config).
 
-Files are read without unpickling code (safetensors, or torch.load(weights_only=True)). Any file
-that does not fit the architecture raises CheckpointMismatchError listing the missing,
-unexpected and wrongly shaped tensors.
+Files are read without unpickling code (safetensors, or torch.load(weights_only=True)) by
+clip_model.read_state_dict, which also refuses NaN and Inf. Any file that does not fit the
+architecture raises CheckpointMismatchError listing the missing, unexpected and wrongly shaped
+tensors.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ovseg_ros.engine.clip_model import (
     CheckpointMismatchError,
     check_state_dict,
     read_state_dict,
+    resolve_weights_path,
 )
 from ovseg_ros.engine.maskformer.backbone import STAGE_NAMES, ResNetConfig
 from ovseg_ros.engine.maskformer.model import MaskFormer, MaskFormerConfig
@@ -285,9 +287,10 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 def load_maskformer(path: str | Path, device: str | torch.device = "cpu") -> LoadedMaskFormer:
     """Loads a proposal network: the project's safetensors format (config from its metadata) or a
-    reference checkpoint (anything else). Returns it in eval mode on `device`."""
-    path = Path(path)
-    metadata = read_metadata(path) if path.suffix == ".safetensors" and path.is_file() else {}
+    reference checkpoint (anything else). Returns it in eval mode on `device`. A relative path is
+    looked up as clip_model.resolve_weights_path says."""
+    path = resolve_weights_path(path)
+    metadata = read_metadata(path) if path.suffix == ".safetensors" else {}
     if metadata.get("format") != FORMAT_NAME:
         loaded = load_reference_checkpoint(path)
     else:

@@ -5,6 +5,7 @@
 (the paper's proposal network, maskformer.py) needs a checkpoint.
 """
 
+from ovseg_ros.engine.options import DEFAULT_PROPOSAL_GENERATOR
 from ovseg_ros.engine.proposals import grouping, maskformer
 from ovseg_ros.engine.proposals.base import (
     ProposalGenerator,
@@ -13,8 +14,6 @@ from ovseg_ros.engine.proposals.base import (
     proposal_generator_names,
     register_proposal_generator,
 )
-
-DEFAULT_PROPOSAL_GENERATOR = "superpixel"
 
 __all__ = [
     "DEFAULT_PROPOSAL_GENERATOR",

@@ -57,10 +57,11 @@ def default_maskformer_checkpoint() -> Path:
 class MaskFormerProposalGenerator(ProposalGenerator):
     """Proposals from a MaskFormer checkpoint (the project's safetensors or a reference .pth).
 
-    checkpoint: file path; None means the committed toy network. max_proposals: keep at most
-    this many queries (those least likely non-object when a vocabulary is given). device:
-    "auto", "cuda" or "cpu". trained_classes: names the network was trained on, overriding the
-    checkpoint's record (use it for reference checkpoints, which do not record them).
+    checkpoint: file path (a relative one as clip_model.resolve_weights_path finds it); None
+    means the committed toy network. max_proposals: keep at most this many queries (those least
+    likely non-object when a vocabulary is given). device: "auto", "cuda" or "cpu".
+    trained_classes: names the network was trained on, overriding the checkpoint's record (use
+    it for reference checkpoints, which do not record them).
     clip: the CLIP model of stage 2; when given and the checkpoint holds learned prompt vectors,
     the class head scores against text embeddings made with those prompts (as the reference),
     else against the vocabulary's own text embeddings.
