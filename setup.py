@@ -32,8 +32,8 @@ setup(
     entry_points={
         "console_scripts": [
             "ovseg=ovseg_ros.cli:main",
-            "ovseg_segmenter=ovseg_ros.ros.segmenter_node:main",
-            "ovseg_frame_publisher=ovseg_ros.ros.frame_publisher:main",
+            "ovseg_segmenter=ovseg_ros.ros.runner:segmenter_main",
+            "ovseg_frame_publisher=ovseg_ros.ros.runner:frame_publisher_main",
         ]
     },
 )

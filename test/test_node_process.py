@@ -303,3 +303,24 @@ def test_frame_publisher_stops_quietly(ros_context, tmp_path):
     output = process.stdout.read()
     assert process.returncode == 0 and seconds < 2.0, output
     assert _error_lines(output) == [], output
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_the_installed_program_stops_quietly_on_a_signal_during_its_imports(signum):
+    """`ovseg_segmenter` (what ros2 run and ros2 launch start) takes signals from its first
+    moment: one that comes while torch is imported ends it once the imports are done."""
+    program = (
+        REPO_ROOT / ".build" / "install" / "ovseg_ros" / "lib" / "ovseg_ros" / "ovseg_segmenter"
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(program), "--ros-args", *TINY_WEIGHTS],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(1.5)  # past the interpreter's start, inside `import torch` (seconds)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert output.strip() == "", output  # neither a traceback nor a started node

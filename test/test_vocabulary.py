@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from tiny_model import TINY_MODEL
 
-from ovseg_ros.engine.clip_model import load_clip
+from ovseg_ros.engine.clip_model import encode_text_trimmed, load_clip, text_tower_is_trimmable
 from ovseg_ros.engine.prompts import (
     IMAGENET_TEMPLATES,
     SINGLE_TEMPLATES,
@@ -169,3 +169,30 @@ def test_encoder_refuses_empty_and_oversized_vocabularies(clip):
         encoder.encode([], "single")
     with pytest.raises(ValueError, match="at most 3"):
         encoder.encode(["a", "b", "c", "d"], "single")
+
+
+@pytest.mark.parametrize("model_name", [TINY_MODEL, "ViT-B-16"])
+def test_trimmed_text_tower_equals_open_clips_encode_text(model_name):
+    """Prompts of different lengths in one batch, the longest shorter than the context."""
+    torch.manual_seed(0)
+    model = load_clip(model_name, random_weights=True, device="cpu").model
+    assert text_tower_is_trimmable(model)
+    tokens = open_clip.get_tokenizer(model_name)(["a cat.", "a photo of a dining table.", "x"])
+    assert int(tokens.argmax(dim=-1).max()) + 1 < tokens.shape[1]
+    with torch.inference_mode():
+        full = model.encode_text(tokens)
+        trimmed = encode_text_trimmed(model, tokens)
+    torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-5)
+
+
+def test_untrimmable_text_tower_is_not_trimmed(clip):
+    """A text tower pooled elsewhere than at the end-of-text token keeps open_clip's forward."""
+    clip.model.text_pool_type = "last"
+    try:
+        assert not text_tower_is_trimmable(clip.model)
+        sentences = ["a photo of a circle.", "a red shape."]
+        with torch.inference_mode():
+            expected = F.normalize(clip.model.encode_text(clip.tokenizer(sentences)), dim=-1)
+        torch.testing.assert_close(clip.encode_texts(sentences), expected)
+    finally:
+        clip.model.text_pool_type = "argmax"

@@ -22,7 +22,8 @@ set +u
 # shellcheck disable=SC1091
 COLCON_CURRENT_PREFIX="$install" . "$install/local_setup.sh"
 set -u
-export PATH="$venv/bin:$PATH"
+# The node programs (what `ros2 run ovseg_ros ovseg_segmenter` runs) come after the venv's.
+export PATH="$venv/bin:$install/ovseg_ros/lib/ovseg_ros:$PATH"
 # The sources of this checkout come before the installed copy; ovseg_ros.msg still resolves to
 # the generated module (ovseg_ros/__init__.py extends the package path).
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"

@@ -27,12 +27,11 @@ sys.path.insert(0, str(ROOT))
 
 def random_checkpoint(model_name: str, folder: Path) -> Path:
     """Random weights of `model_name` in a safetensors file."""
-    import open_clip
     from safetensors.torch import save_file
 
-    import ovseg_ros.engine.clip_model  # noqa: F401 - registers the project's model configs
+    from ovseg_ros.engine.clip_model import load_clip
 
-    model = open_clip.create_model(model_name, pretrained=None)
+    model = load_clip(model_name, random_weights=True, device="cpu").model
     path = folder / f"{model_name}-random.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path

@@ -7,7 +7,6 @@ a subscriber is connected, so no frame is lost to discovery.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from ovseg_ros.ros.conversions import array_to_image
-from ovseg_ros.ros.runner import run_node
+from ovseg_ros.ros.runner import exit_now, run_node
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -137,4 +136,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

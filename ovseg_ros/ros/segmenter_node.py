@@ -11,7 +11,6 @@ in as one object, so every result carries the class names and version it was com
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -49,7 +48,7 @@ from ovseg_ros.ros.conversions import (
     vocabulary_to_msg,
 )
 from ovseg_ros.ros.parameters import SegmenterParameters, check_value, declare_parameters
-from ovseg_ros.ros.runner import run_node
+from ovseg_ros.ros.runner import exit_now, run_node
 
 
 @dataclass
@@ -495,4 +494,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
