@@ -72,13 +72,14 @@ def test_duplicate_proposals_get_the_probabilities_of_their_twin(tiny_clip):
 
 def test_steady_state_runs_no_text_encoder(tiny_clip):
     calls = []
-    original = tiny_clip.model.encode_text
+    text_tower = tiny_clip.model.transformer  # open_clip's CLIP: the text transformer
+    original = text_tower.forward
 
-    def counting_encode_text(*args, **kwargs):
+    def counting_forward(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    tiny_clip.model.encode_text = counting_encode_text
+    text_tower.forward = counting_forward
     try:
         encoder = VocabularyEncoder(tiny_clip)
         segmenter = TwoStageSegmenter(tiny_clip, build_proposal_generator("superpixel"))
@@ -95,7 +96,7 @@ def test_steady_state_runs_no_text_encoder(tiny_clip):
         encoder.encode([*toy_world.shape_classes(), "hexagon"], "single")
         assert len(calls) == after_first_encoding + 1  # only the new name is encoded
     finally:
-        tiny_clip.model.encode_text = original
+        del text_tower.forward
 
 
 def test_precision_auto_is_fp16_on_cuda_and_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
