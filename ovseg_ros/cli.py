@@ -392,6 +392,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "mask_threshold": args.mask_threshold,
         "min_proposal_area": args.min_proposal_area,
         "unlabeled_threshold": args.unlabeled_threshold,
+        "max_image_side": args.max_image_side,
     }
     report = {
         "settings": settings,

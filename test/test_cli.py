@@ -213,9 +213,10 @@ def test_bad_arguments_exit_2_with_the_reason(tmp_path, scene_file, capsys, extr
 def test_eval_writes_json_and_markdown(tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["eval", "toy:color", "--limit", "2", "--out", str(out), "--precision", "fp32"]
-    assert main([*args, "--classifier", "dense", *MODEL]) == 0
+    assert main([*args, "--classifier", "dense", "--max-image-side", "160", *MODEL]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["settings"]["classifier"] == "dense"
+    assert report["settings"]["max_image_side"] == 160
     assert report["settings"]["precision"] == "fp32 (float32)"
     assert report["num_images"] == 2
     assert 0.0 <= report["metrics"]["miou"] <= 1.0

@@ -10,8 +10,7 @@ from dataclasses import dataclass, fields
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
-from ovseg_ros.engine.clip_model import DEVICES, PRECISIONS
-from ovseg_ros.engine.options import CLASSIFIERS
+from ovseg_ros.engine.options import CLASSIFIERS, DEFAULT_PROPOSAL_GENERATOR, DEVICES, PRECISIONS
 from ovseg_ros.engine.proposals import proposal_generator_names
 from ovseg_ros.engine.segmenter import SegmenterConfig
 
@@ -59,7 +58,7 @@ DEFAULTS = SegmenterParameters(
     precision="auto",
     compile_image_tower=False,
     max_classes=1000,
-    proposal_generator="superpixel",
+    proposal_generator=DEFAULT_PROPOSAL_GENERATOR,
     proposal_checkpoint="",
     max_proposals=100,
     max_image_side=SegmenterConfig.max_image_side,

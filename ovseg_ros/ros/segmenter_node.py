@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -106,8 +107,8 @@ class NodeStoppedError(Exception):
 
 LONG_ENCODING_PROMPTS = 5000
 """Vocabulary changes of this many new prompts or more (class names x templates) are announced
-in the log, with progress every PROGRESS_INTERVAL_S (1000 classes x 80 templates take about a
-minute on a 2-core CPU)."""
+in the log, with progress every PROGRESS_INTERVAL_S (ViT-B/16's text tower on a 2-core CPU
+encodes about 100 prompts a second: 1000 classes x 80 templates take about 13 minutes)."""
 
 PROGRESS_INTERVAL_S = 5.0
 
@@ -184,11 +185,21 @@ class SegmenterNode(Node):
         self._prepared: queue.Queue[PreparedFrame] | None = None
         self._workers = [
             threading.Thread(target=self._process_frames, name="segmenter"),
-            threading.Thread(target=self._encode_vocabularies, name="vocabulary"),
+            threading.Thread(
+                target=self._serve,
+                args=(self._vocabulary_requests, self._swap_vocabulary),
+                name="vocabulary",
+            ),
         ]
         if p.pipeline:
             self._prepared = queue.Queue(maxsize=1)
-            self._workers.append(threading.Thread(target=self._finish_frames, name="stage2"))
+            self._workers.append(
+                threading.Thread(
+                    target=self._serve,
+                    args=(self._prepared, partial(self._skip_on_error, self._finish)),
+                    name="stage2",
+                )
+            )
             self._threads_before = enter_pipeline_threads()
             settings = ThreadSettings.current()
             self.get_logger().info(
@@ -258,14 +269,16 @@ class SegmenterNode(Node):
             else:
                 self._hand_over(frame)
 
-    def _finish_frames(self) -> None:
-        """Second worker (`pipeline`): stage 2 and publishing of the prepared frames."""
+    def _serve(self, items: queue.Queue, handle: Callable[[Any], object]) -> None:
+        """A worker that hands each item of `items` to `handle`, in order, until the node
+        stops: the vocabulary worker (accepted changes to _swap_vocabulary) and, with
+        `pipeline`, the second frame worker (prepared frames to stage 2 and publishing)."""
         while self._running:
             try:
-                frame = self._prepared.get(timeout=0.5)
+                item = items.get(timeout=0.5)
             except queue.Empty:
                 continue
-            self._skip_on_error(self._finish, frame)
+            handle(item)
 
     def _hand_over(self, frame: PreparedFrame) -> None:
         """Waits until the second worker has room for `frame` (or the node stops)."""
@@ -310,10 +323,13 @@ class SegmenterNode(Node):
         return PreparedFrame(msg, rgb, vocabulary, proposals, timings)
 
     def _note_format_mismatch(self, msg: CompressedImage) -> None:
-        """Says once per (declared, actual) pair that a frame's `format` names another
-        encoding than its bytes hold; the frame is decoded by its bytes."""
+        """Says once per declared `format` that it names another encoding than the frame's
+        bytes hold (the frame is decoded by its bytes); a format said once is not checked
+        again."""
+        if msg.format in self._warned_formats:
+            return
         note = format_mismatch(msg)
-        if note is not None and msg.format not in self._warned_formats:
+        if note is not None:
             self._warned_formats.add(msg.format)
             self.get_logger().warning(note)
 
@@ -370,15 +386,6 @@ class SegmenterNode(Node):
                 self._requested = request
                 self._vocabulary_requests.put(request)
             return SetParametersResult(successful=True)
-
-    def _encode_vocabularies(self) -> None:
-        """Vocabulary worker: encodes the accepted changes in order and swaps each in."""
-        while self._running:
-            try:
-                request = self._vocabulary_requests.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            self._swap_vocabulary(request)
 
     def _swap_vocabulary(self, request: VocabularyRequest) -> None:
         started = time.monotonic()
