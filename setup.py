@@ -29,6 +29,14 @@ setup(
         "ovseg_ros.models": ["*.safetensors"],
     },
     install_requires=requirements,
+    extras_require={
+        # `ovseg eval toy:photo` cuts its textures from the photographs in scikit-image's wheel.
+        "eval": ["scikit-image>=0.22"],
+        # The "sam" and "sam2" proposal generators. sam2 1.1.0 on PyPI is Meta's
+        # facebookresearch/sam2 code packaged by a third party, as an sdist: set SAM2_BUILD_CUDA=0
+        # to skip its optional CUDA extension, which these generators do not use.
+        "sam": ["segment-anything==1.0", "sam2==1.1.0"],
+    },
     entry_points={
         "console_scripts": [
             "ovseg=ovseg_ros.cli:main",

@@ -25,8 +25,16 @@ from ovseg_ros.engine import toy_world
 from ovseg_ros.engine.clip_model import ClipModel
 from ovseg_ros.engine.maskformer.checkpoint import save_maskformer
 from ovseg_ros.engine.maskformer.model import MaskFormer, MaskFormerConfig
-from ovseg_ros.engine.options import DEFAULT_MAX_IMAGE_SIDE
-from ovseg_ros.engine.proposals.base import ProposalGenerator, Proposals
+from ovseg_ros.engine.options import (
+    DEFAULT_MAX_IMAGE_SIDE,
+    DEFAULT_PROPOSAL_GENERATOR,
+    SAM_GENERATORS,
+)
+from ovseg_ros.engine.proposals.base import (
+    ProposalGenerator,
+    Proposals,
+    build_proposal_generator,
+)
 from ovseg_ros.engine.proposals.maskformer import MaskFormerProposalGenerator
 from ovseg_ros.engine.render import render_overlay
 from ovseg_ros.engine.segmenter import (
@@ -69,7 +77,8 @@ class BenchSettings:
     width: int = 640
     height: int = 480
     proposals: int = 100
-    proposal_generator: str = "superpixel"
+    proposal_generator: str = DEFAULT_PROPOSAL_GENERATOR
+    proposal_model: str = ""
     classifier: str = "crop"
     compile_image_tower: bool = False
     iterations: int = 5
@@ -209,6 +218,24 @@ def _message_converter():
     return convert
 
 
+def random_segment_anything(
+    name: str, model: str, device: torch.device, max_proposals: int
+) -> ProposalGenerator:
+    """The "sam" or "sam2" generator with random weights of `model` ("": its default). Its mask
+    filters are off (thresholds 0), so that every grid mask goes through NMS (random weights
+    would pass few or none); the encoder and the decoder, which dominate, cost what they cost
+    with real weights."""
+    return build_proposal_generator(
+        name,
+        model=model or None,
+        random_weights=True,
+        device=device.type,
+        max_proposals=max_proposals,
+        pred_iou_threshold=0.0,
+        stability_threshold=0.0,
+    )
+
+
 def random_reference_maskformer(
     clip: ClipModel, image_size: tuple[int, int], max_proposals: int
 ) -> MaskFormerProposalGenerator:
@@ -272,16 +299,19 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
 
     With random CLIP weights, the "maskformer" generator is the paper's architecture with random
     weights too (random_reference_maskformer); with real CLIP weights it is the bundled one.
+    "sam" and "sam2" always run with random weights (random_segment_anything).
     """
     random_weights = not (settings.pretrained or settings.checkpoint)
     random_maskformer = random_weights and settings.proposal_generator == "maskformer"
+    segment_anything = settings.proposal_generator in SAM_GENERATORS
+    replaced = random_maskformer or segment_anything
     segmenter = build_segmenter(
         settings.model,
         pretrained=settings.pretrained,
         checkpoint=settings.checkpoint,
         device=settings.device,
         precision=settings.precision,
-        proposal_generator="superpixel" if random_maskformer else settings.proposal_generator,
+        proposal_generator=DEFAULT_PROPOSAL_GENERATOR if replaced else settings.proposal_generator,
         max_proposals=settings.proposals,
         config=SegmenterConfig(max_image_side=settings.max_image_side),
         random_weights=random_weights,
@@ -293,6 +323,14 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
             processing_size(settings.height, settings.width, settings.max_image_side),
             settings.proposals,
         )
+    if segment_anything:
+        segmenter.proposals = random_segment_anything(
+            settings.proposal_generator,
+            settings.proposal_model,
+            segmenter.clip.device,
+            settings.proposals,
+        )
+        settings = replace(settings, proposal_model=segmenter.proposals.model_name)
     segmenter.config.classifier = settings.classifier
     segmenter.proposals = PaddedProposals(segmenter.proposals, settings.proposals)
 
@@ -392,7 +430,8 @@ def format_report(
             s.device,
             f"{s.precision} ({result.dtype})" + (", compiled" if s.compile_image_tower else ""),
             _size_cell(s),
-            f"{result.proposals_per_frame:.0f} {s.proposal_generator}",
+            f"{result.proposals_per_frame:.0f} {s.proposal_generator}"
+            + (f" {s.proposal_model}" if s.proposal_model else ""),
         ]
         cells += [
             f"{result.stages[name].mean:.1f}" if name in result.stages else "-"
@@ -499,6 +538,7 @@ def run_node_benchmark(settings: BenchSettings) -> NodeFigures:
             "device": settings.device,
             "precision": settings.precision,
             "compile_image_tower": settings.compile_image_tower,
+            "proposal_generator": settings.proposal_generator,
             "max_proposals": settings.proposals,
             "max_image_side": settings.max_image_side,
             "classifier": settings.classifier,

@@ -27,11 +27,13 @@ from ovseg_ros.engine.options import (
     DEFAULT_MAX_IMAGE_SIDE,
     DEFAULT_MIN_PROPOSAL_AREA,
     DEFAULT_PROPOSAL_GENERATOR,
+    DEFAULT_PROPOSAL_MODEL,
     DEFAULT_UNLABELED_THRESHOLD,
     DEVICES,
     PRECISIONS,
     PROPOSAL_GENERATORS,
     TINY_MODEL,
+    TRAINING_FREE_GENERATORS,
 )
 
 if TYPE_CHECKING:
@@ -147,8 +149,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--max-proposals", type=_positive, default=100, help="(%(default)s)")
     group.add_argument(
-        "--proposal-checkpoint", help="weights of the maskformer generator (default: bundled)"
+        "--proposal-checkpoint",
+        help="weights of the maskformer (default: bundled), sam or sam2 (required) generator",
     )
+    _add_proposal_model(group)
     group.add_argument(
         "--classifier",
         default=DEFAULT_CLASSIFIER,
@@ -171,6 +175,16 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="pixels scoring below it are left unlabeled (%(default)s)",
     )
     _add_max_image_side(group)
+
+
+def _add_proposal_model(parser: argparse._ActionsContainer) -> None:
+    """The sam / sam2 model type option, shared by the model options and `bench`."""
+    parser.add_argument(
+        "--proposal-model",
+        default=DEFAULT_PROPOSAL_MODEL,
+        help="model type of the sam (vit_b, vit_l, vit_h) or sam2 (hiera_t, hiera_s, hiera_b+, "
+        "hiera_l, sam2_hiera_t, ...) generator (default: read from the proposal checkpoint)",
+    )
 
 
 def _add_max_image_side(parser: argparse._ActionsContainer) -> None:
@@ -215,6 +229,7 @@ def _build(args: argparse.Namespace) -> TwoStageSegmenter:
         config=config,
         proposal_checkpoint=args.proposal_checkpoint,
         compile_image_tower=args.compile,
+        proposal_model=args.proposal_model or None,
     )
 
 
@@ -355,31 +370,67 @@ def run_segment(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+EVAL_WORLDS = {
+    "toy:shape": ("toy", "shape"),
+    "toy:color": ("toy", "color"),
+    "toy:photo": ("photo", "full"),
+    "toy:photo-texture": ("photo", "texture"),
+    "toy:photo-shading": ("photo", "shading"),
+}
+"""The generated evaluation worlds `ovseg eval` takes by name: (world, label space or variant)."""
+
+
+def _eval_dataset(args: argparse.Namespace):
+    """The dataset `ovseg eval` names: a generated world or a folder. A folder with instances/
+    but no label folder is read for proposal figures only (with a note on stderr)."""
+    from ovseg_ros.engine.datasets import FolderDataset, PhotoWorldDataset, ToyWorldDataset
+
+    if args.dataset in EVAL_WORLDS:
+        world, kind = EVAL_WORLDS[args.dataset]
+        return ToyWorldDataset(kind) if world == "toy" else PhotoWorldDataset(kind)
+    if args.dataset.startswith("toy:"):
+        raise ValueError(
+            f"unknown generated dataset {args.dataset!r}; known: {', '.join(EVAL_WORLDS)}"
+        )
+    root = Path(args.dataset)
+    label_dir = args.label_dir
+    if root.is_dir() and not (root / label_dir).exists() and (root / "instances").is_dir():
+        print(
+            f"ovseg eval: note: {root} has instances/ but no {label_dir}/: proposal figures only",
+            file=sys.stderr,
+        )
+        label_dir = None
+    return FolderDataset(root, image_dir=args.image_dir, label_dir=label_dir)
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    """`ovseg eval`: metrics.json and metrics.md in --out."""
-    from ovseg_ros.engine.datasets import FolderDataset, ToyWorldDataset
-    from ovseg_ros.engine.evaluate import evaluate, metrics_markdown
+    """`ovseg eval`: metrics.json and metrics.md in --out; with --proposals-only (or a folder of
+    images and instances only) stage 1 alone and its class-agnostic figures."""
+    from ovseg_ros.engine.evaluate import evaluate, evaluate_proposals, metrics_markdown
     from ovseg_ros.engine.vocabulary import VocabularyEncoder
 
-    if args.dataset.startswith("toy:"):
-        dataset = ToyWorldDataset(args.dataset.removeprefix("toy:"))
-    else:
-        dataset = FolderDataset(args.dataset, image_dir=args.image_dir, label_dir=args.label_dir)
+    dataset = _eval_dataset(args)
+    proposals_only = args.proposals_only or not dataset.class_names
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     templates = _templates(args)
-    note_unknown_to_tiny_model(args.model, dataset.class_names)
+    if not proposals_only:
+        note_unknown_to_tiny_model(args.model, dataset.class_names)
     segmenter = _build(args)
-    vocabulary = VocabularyEncoder(segmenter.clip).encode(dataset.class_names, templates)
     progress = ProgressBar(count, f"eval {args.dataset}")
-    evaluation = evaluate(
-        segmenter,
-        vocabulary,
-        (dataset[i] for i in range(count)),
-        num_classes=len(dataset.class_names),
-        ignore_index=dataset.ignore_index,
-        unseen_classes=getattr(dataset, "unseen_classes", ()),
-        on_image=progress.update,
-    )
+    samples = (dataset[i] for i in range(count))
+    if proposals_only:
+        evaluation = evaluate_proposals(segmenter, samples, on_image=progress.update)
+    else:
+        vocabulary = VocabularyEncoder(segmenter.clip).encode(dataset.class_names, templates)
+        evaluation = evaluate(
+            segmenter,
+            vocabulary,
+            samples,
+            num_classes=len(dataset.class_names),
+            ignore_index=dataset.ignore_index,
+            unseen_classes=getattr(dataset, "unseen_classes", ()),
+            on_image=progress.update,
+        )
     settings = {
         "dataset": args.dataset,
         "model": f"{segmenter.clip.name} ({segmenter.clip.source})",
@@ -394,10 +445,13 @@ def run_eval(args: argparse.Namespace) -> int:
         "unlabeled_threshold": args.unlabeled_threshold,
         "max_image_side": args.max_image_side,
     }
+    if proposals_only:
+        settings["stage"] = "proposals only (stage 1)"
     report = {
         "settings": settings,
         "num_images": evaluation.num_images,
-        "metrics": evaluation.metrics.to_dict(),
+        "metrics": None if evaluation.metrics is None else evaluation.metrics.to_dict(),
+        "proposals": None if evaluation.proposals is None else evaluation.proposals.to_dict(),
         "mean_timings_ms": evaluation.mean_timings_ms,
     }
     text = json.dumps(report, indent=2, allow_nan=False)  # to_dict turns NaN into null
@@ -407,6 +461,10 @@ def run_eval(args: argparse.Namespace) -> int:
     markdown = metrics_markdown(evaluation, f"ovseg eval {args.dataset}", settings)
     (out / "metrics.md").write_text(markdown)
     print(markdown)
+    if evaluation.metrics is not None:
+        print(f"mIoU {100 * evaluation.metrics.miou:.1f} %")
+    if evaluation.proposals is not None:
+        print(evaluation.proposals.summary())
     return 0
 
 
@@ -414,8 +472,11 @@ def run_bench(args: argparse.Namespace) -> int:
     """`ovseg bench`: prints the table and writes bench.json / bench.md."""
     from ovseg_ros import benchmark
 
-    if args.node and args.proposal_generator != "superpixel":
-        raise ValueError("--node times the node with its superpixel proposals only")
+    if args.node and args.proposal_generator not in TRAINING_FREE_GENERATORS:
+        raise ValueError(
+            f"--node times the node with a training-free generator only "
+            f"({', '.join(TRAINING_FREE_GENERATORS)})"
+        )
     width, height = args.size
     results = []
     for precision in args.precision:
@@ -430,6 +491,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 height=height,
                 proposals=args.proposals,
                 proposal_generator=args.proposal_generator,
+                proposal_model=args.proposal_model,
                 classifier=classifier,
                 compile_image_tower=args.compile,
                 iterations=args.iterations,
@@ -471,9 +533,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(segment)
     segment.set_defaults(run=run_segment)
 
-    evaluation = commands.add_parser("eval", help="evaluate on a dataset (mIoU)")
+    evaluation = commands.add_parser(
+        "eval", help="evaluate on a dataset (mIoU, and proposal figures where instances exist)"
+    )
     evaluation.add_argument(
-        "dataset", help="toy:shape, toy:color, or a folder (classes.txt, images/, labels/)"
+        "dataset",
+        help="toy:shape, toy:color, toy:photo (photo textures, lighting, blur, noise, JPEG), "
+        "toy:photo-texture, toy:photo-shading, or a folder (classes.txt, images/, labels/, "
+        "optional instances/; images/ and instances/ alone for proposal figures only)",
+    )
+    evaluation.add_argument(
+        "--proposals-only",
+        action="store_true",
+        help="run stage 1 only and report its class-agnostic figures (mean best IoU per object, "
+        "recall@0.5/0.75, proposals per frame, ms); needs instance maps",
     )
     evaluation.add_argument("--limit", type=_positive, help="evaluate the first N images only")
     evaluation.add_argument("--image-dir", default="images", help="folder dataset: images")
@@ -504,7 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--proposal-generator",
         default=DEFAULT_PROPOSAL_GENERATOR,
         choices=PROPOSAL_GENERATORS,
+        help="stage-1 generator (%(default)s); learned ones (maskformer, sam, sam2) run with "
+        "random weights of the real architecture",
     )
+    _add_proposal_model(bench)
     bench.add_argument("--classifier", nargs="+", default=list(CLASSIFIERS), choices=CLASSIFIERS)
     bench.add_argument("--iterations", type=_positive, default=3, help="timed frames (%(default)s)")
     bench.add_argument(

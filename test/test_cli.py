@@ -302,7 +302,7 @@ def test_bench_without_timed_frames_is_refused(tmp_path, capsys, counts, message
 def test_node_bench_with_another_generator_is_refused(tmp_path, capsys):
     args = ["bench", "--proposal-generator", "maskformer", "--node", "--out", str(tmp_path)]
     assert main(args) == 2
-    assert "superpixel proposals only" in capsys.readouterr().err
+    assert "a training-free generator only (hierarchy, superpixel)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -7,7 +7,12 @@ import pytest
 from PIL import Image
 
 from ovseg_ros.engine import toy_world
-from ovseg_ros.engine.datasets import DatasetError, FolderDataset, ToyWorldDataset
+from ovseg_ros.engine.datasets import (
+    VOID_INSTANCE,
+    DatasetError,
+    FolderDataset,
+    ToyWorldDataset,
+)
 
 
 def write_dataset(root: Path, labels: dict[str, np.ndarray], image_size=(4, 3)) -> None:
@@ -131,3 +136,75 @@ def test_default_toy_world_seeds_are_held_out():
     dataset = ToyWorldDataset()
     assert len(dataset) == 100
     assert all(seed in toy_world.EVAL_SEEDS for seed in dataset.seeds)
+
+
+def test_toy_world_dataset_carries_instances():
+    seed = toy_world.EVAL_SEEDS.start + 3
+    sample = ToyWorldDataset("shape", seeds=[seed], height=60, width=80)[0]
+    np.testing.assert_array_equal(
+        sample.instances, toy_world.generate_scene(seed, 60, 80).instances
+    )
+
+
+def write_instances(root: Path, maps: dict[str, np.ndarray]) -> None:
+    """Writes root/instances/NAME.png (the array's dtype decides 8 or 16 bit)."""
+    (root / "instances").mkdir(exist_ok=True)
+    for name, instances in maps.items():
+        Image.fromarray(instances).save(root / "instances" / f"{name}.png")
+
+
+def test_folder_instances_8_and_16_bit(tmp_path):
+    write_dataset(tmp_path, {"a": np.zeros((3, 4)), "b": np.zeros((3, 4))})
+    eight = np.array([[0, 1, 1, 255], [0, 2, 2, 0], [0, 0, 0, 0]], dtype=np.uint8)
+    sixteen = np.array([[0, 1000, 1000, 0], [0, 0, 0, 0], [65535, 0, 0, 7]], dtype=np.uint16)
+    write_instances(tmp_path, {"a": eight, "b": sixteen})
+    dataset = FolderDataset(tmp_path)
+    assert dataset.has_labels
+    first, second = dataset[0], dataset[1]
+    assert first.instances.dtype == np.int32 and first.label is not None
+    expected = eight.astype(np.int32)
+    expected[0, 3] = VOID_INSTANCE  # 255 in an 8-bit map: void, as VOC's boundaries
+    np.testing.assert_array_equal(first.instances, expected)
+    np.testing.assert_array_equal(second.instances, sixteen.astype(np.int32))
+    # Without instances/, samples have none.
+    (tmp_path / "instances" / "a.png").unlink()
+    (tmp_path / "instances" / "b.png").unlink()
+    (tmp_path / "instances").rmdir()
+    assert FolderDataset(tmp_path)[0].instances is None
+
+
+def test_missing_instance_map_is_named(tmp_path):
+    write_dataset(tmp_path, {"a": np.zeros((3, 4)), "b": np.zeros((3, 4))})
+    write_instances(tmp_path, {"a": np.zeros((3, 4), dtype=np.uint8)})
+    with pytest.raises(
+        DatasetError, match=r"no instance map for image .*b\.png: expected .*b\.png"
+    ):
+        FolderDataset(tmp_path)
+
+
+def test_instance_map_size_mismatch_names_the_files(tmp_path):
+    write_dataset(tmp_path, {"a": np.zeros((3, 4))})
+    write_instances(tmp_path, {"a": np.zeros((4, 4), dtype=np.uint16)})
+    with pytest.raises(DatasetError) as error:
+        FolderDataset(tmp_path)[0]
+    message = str(error.value)
+    assert f"instance map {tmp_path / 'instances' / 'a.png'}" in message
+    assert str(tmp_path / "images" / "a.png") in message and "4x4" in message
+
+
+def test_folder_of_images_and_instances_only(tmp_path):
+    write_dataset(tmp_path, {"a": np.zeros((3, 4))})
+    write_instances(tmp_path, {"a": np.array([[0, 1, 1, 0]] * 3, dtype=np.uint8)})
+    for path in (tmp_path / "labels" / "a.png", tmp_path / "classes.txt"):
+        path.unlink()
+    (tmp_path / "labels").rmdir()
+    with pytest.raises(DatasetError, match="dataset folder not found"):
+        FolderDataset(tmp_path)  # labels expected unless label_dir=None
+    dataset = FolderDataset(tmp_path, label_dir=None)
+    assert dataset.class_names == [] and not dataset.has_labels
+    sample = dataset[0]
+    assert sample.label is None and sample.instances[0, 1] == 1
+    (tmp_path / "instances" / "a.png").unlink()
+    (tmp_path / "instances").rmdir()
+    with pytest.raises(DatasetError, match=str(tmp_path / "instances")):
+        FolderDataset(tmp_path, label_dir=None)

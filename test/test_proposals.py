@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from proposal_scenes import checkerboard_scene
 
 from ovseg_ros.engine.evaluate import best_iou_per_instance
 from ovseg_ros.engine.proposals import (
@@ -27,21 +28,6 @@ from ovseg_ros.engine.proposals.grouping import (
     persistence,
 )
 from ovseg_ros.engine.proposals.superpixels import watershed_superpixels
-
-
-def _scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A 120 x 160 checkerboard (two muted grays, 10 px cells) with a flat red disc and a flat
-    blue rectangle. Returns the image and the two object masks (H, W) bool."""
-    ys, xs = np.mgrid[0:120, 0:160]
-    checker = ((ys // 10 + xs // 10) % 2).astype(bool)
-    image = np.where(checker[..., None], [110, 105, 100], [80, 85, 90]).astype(np.uint8)
-    disc = np.zeros((120, 160), np.uint8)
-    cv2.circle(disc, (45, 60), 25, 1, -1)
-    rectangle = np.zeros((120, 160), bool)
-    rectangle[30:90, 100:140] = True
-    image[disc.astype(bool)] = (210, 40, 40)
-    image[rectangle] = (40, 60, 210)
-    return image, disc.astype(bool), rectangle
 
 
 def _best_iou(masks: torch.Tensor, target: np.ndarray) -> float:
@@ -83,7 +69,7 @@ def test_a_new_generator_plugs_in_by_registering():
 
 
 def test_superpixels_are_connected_and_numbered_densely():
-    image, _, _ = _scene()
+    image, _, _ = checkerboard_scene()
     labels = watershed_superpixels(image, 100)
     count = int(labels.max()) + 1
     assert labels.shape == (120, 160)
@@ -147,7 +133,7 @@ def test_persistence_without_merges_or_with_equal_heights():
 
 
 def test_default_generator_finds_the_objects_and_the_textured_background():
-    image, disc, rectangle = _scene()
+    image, disc, rectangle = checkerboard_scene()
     proposals = build_proposal_generator("superpixel")(image)
     masks = proposals.masks
     assert masks.dtype == torch.bool and masks.shape[1:] == (120, 160)
@@ -162,7 +148,7 @@ def test_default_generator_finds_the_objects_and_the_textured_background():
 
 
 def test_default_generator_respects_the_cap_and_is_deterministic():
-    image, _, _ = _scene()
+    image, _, _ = checkerboard_scene()
     generator = build_proposal_generator("superpixel", max_proposals=3)
     first, second = generator(image), generator(image)
     assert len(first) == 3

@@ -90,27 +90,26 @@ FINGERPRINT_PIXELS = 1024
 
 
 def unique_masks(binary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """binary: (K, H, W) bool -> (first: (U,) int64, inverse: (K,) int64) such that
-    binary[first][inverse] equals binary: identical masks share one entry.
+    """binary: (K, H, W) bool -> (first: (U,) int64, inverse: (K,) int64), on binary's device, such
+    that binary[first][inverse] equals binary: identical masks share one entry.
 
-    Masks are grouped by their values at fixed, evenly spread pixels, and a group is split by
-    exact comparison, so only identical masks are ever merged.
+    Masks are grouped by their values at fixed, evenly spread pixels; a mask is given to its
+    group's first only if the two are identical everywhere, so only identical masks are ever
+    merged. All in torch: no loop over masks.
     """
+    count = binary.shape[0]
+    index = torch.arange(count, device=binary.device)
+    if count == 0:
+        return index, index
     flat = binary.flatten(1)
     step = max(1, flat.shape[1] // FINGERPRINT_PIXELS)
-    fingerprints = flat[:, ::step].cpu().numpy()
-    first: list[int] = []
-    inverse: list[int] = []
-    groups: dict[bytes, list[int]] = {}
-    for index, fingerprint in enumerate(fingerprints):
-        group = groups.setdefault(fingerprint.tobytes(), [])
-        match = next((u for u in group if torch.equal(flat[first[u]], flat[index])), None)
-        if match is None:
-            match = len(first)
-            group.append(match)
-            first.append(index)
-        inverse.append(match)
-    return torch.tensor(first, dtype=torch.int64), torch.tensor(inverse, dtype=torch.int64)
+    _, group = torch.unique(flat[:, ::step], dim=0, return_inverse=True)
+    leader = torch.full_like(index, count).scatter_reduce(0, group, index, "amin")[group]
+    candidates = (leader != index).nonzero().flatten()
+    differs = (flat[candidates] != flat[leader[candidates]]).any(dim=1)
+    leader[candidates[differs]] = candidates[differs]
+    first = torch.unique(leader)
+    return first, torch.searchsorted(first, leader)
 
 
 @dataclass
@@ -118,8 +117,9 @@ class MaskCrops:
     """Crops of the proposals that are not empty once binarised, one per distinct mask.
 
     crops: (U, 3, h, w) float32 on the CLIP device, (h, w) = the model input size.
-    kept: (K,) int64, index of each non-empty proposal.
-    inverse: (K,) int64, row of crops for each kept proposal (identical masks share a crop).
+    kept: (K,) int64, index of each non-empty proposal, on the CLIP device.
+    inverse: (K,) int64 on the CLIP device, row of crops for each kept proposal (identical masks
+        share a crop).
     """
 
     crops: torch.Tensor
@@ -134,20 +134,24 @@ class CropClassifier:
         self.clip = clip
 
     def make_crops(
-        self, image: np.ndarray, masks: torch.Tensor, mask_threshold: float, min_area: int = 1
+        self,
+        image: np.ndarray | torch.Tensor,
+        masks: torch.Tensor,
+        mask_threshold: float,
+        min_area: int = 1,
     ) -> MaskCrops:
-        """image: (H, W, 3) uint8 RGB; masks: (N, H, W) bool or float in [0, 1] -> MaskCrops of
-        the masks with at least min_area pixels once binarised."""
+        """image: (H, W, 3) uint8 RGB (array, or tensor on any device); masks: (N, H, W) bool or
+        float in [0, 1] -> MaskCrops of the masks with at least min_area pixels once binarised."""
         binary, kept = usable_masks(masks.to(self.clip.device), mask_threshold, min_area)
         first, inverse = unique_masks(binary)
         normalized = normalize_image(image, self.clip.mean, self.clip.std, self.clip.device)
         crops = masked_crops(
             normalized,
-            binary[first.to(kept.device)],
+            binary[first],
             self.clip.image_size,
             chunk=crop_chunk(self.clip.device),
         )
-        return MaskCrops(crops=crops, kept=kept.cpu(), inverse=inverse.to(self.clip.device))
+        return MaskCrops(crops=crops, kept=kept, inverse=inverse)
 
     def embed(self, crops: torch.Tensor, batch_size: int) -> torch.Tensor:
         """crops: (K, 3, h, w) -> (K, D) float32 unit-norm image embeddings, computed in

@@ -13,13 +13,16 @@ import torch
 
 
 def normalize_image(
-    image: np.ndarray,
+    image: np.ndarray | torch.Tensor,
     mean: tuple[float, float, float],
     std: tuple[float, float, float],
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """image: (H, W, 3) uint8 RGB -> (3, H, W) float32 on `device`, (x / 255 - mean) / std."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+    """image: (H, W, 3) uint8 RGB, an array or a tensor (one already on `device` is not copied)
+    -> (3, H, W) float32 on `device`, (x / 255 - mean) / std."""
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    tensor = image.to(device)
     tensor = tensor.permute(2, 0, 1).float().div_(255.0)
     mean_t = torch.tensor(mean, device=tensor.device).view(3, 1, 1)
     std_t = torch.tensor(std, device=tensor.device).view(3, 1, 1)

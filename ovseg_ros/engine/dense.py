@@ -130,9 +130,12 @@ class DenseFeatureExtractor:
         self.clip = clip
         self.config = config or DenseConfig()
 
-    def frame_tokens(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """image: (H, W, 3) uint8 RGB -> (tokens entering the first masked block:
-        (1, 1 + gh * gw, W), (gh, gw) the patch grid, min(gh, gw) = short_side_patches)."""
+    def frame_tokens(
+        self, image: np.ndarray | torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """image: (H, W, 3) uint8 RGB (array, or tensor on any device) -> (tokens entering the
+        first masked block: (1, 1 + gh * gw, W), (gh, gw) the patch grid, min(gh, gw) =
+        short_side_patches)."""
         check_dense_support(self.clip)
         visual = self.clip.model.visual
         height, width = image.shape[:2]
@@ -178,8 +181,10 @@ class DenseFeatureExtractor:
         return F.normalize(embeddings.float(), dim=-1)
 
     @torch.inference_mode()
-    def mask_embeddings(self, image: np.ndarray, masks: torch.Tensor) -> torch.Tensor:
-        """image: (H, W, 3) uint8 RGB; masks: (N, H, W) bool or float in [0, 1], none empty
-        -> (N, D) float32 unit-norm embeddings."""
+    def mask_embeddings(
+        self, image: np.ndarray | torch.Tensor, masks: torch.Tensor
+    ) -> torch.Tensor:
+        """image: (H, W, 3) uint8 RGB (array or tensor); masks: (N, H, W) bool or float in
+        [0, 1], none empty -> (N, D) float32 unit-norm embeddings."""
         tokens, grid = self.frame_tokens(image)
         return self.share_embeddings(tokens, patch_shares(masks.to(tokens.device), grid))

@@ -14,10 +14,20 @@ PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 CLASSIFIERS = ("crop", "dense")
 """Stage-2 classifiers SegmenterConfig.classifier may name."""
 
-PROPOSAL_GENERATORS = ("maskformer", "superpixel")
+PROPOSAL_GENERATORS = ("hierarchy", "maskformer", "sam", "sam2", "superpixel")
 """Registered stage-1 generators (proposals.proposal_generator_names())."""
 
 DEFAULT_PROPOSAL_GENERATOR = "superpixel"
+TRAINING_FREE_GENERATORS = ("hierarchy", "superpixel")
+"""Generators without weights: the node benchmark (`ovseg bench --node`) can run these."""
+
+DEFAULT_PROPOSAL_MODEL = ""
+"""The model type of a "sam" / "sam2" generator (vit_b, vit_l, vit_h / hiera_t, hiera_s,
+hiera_b+, hiera_l, ...); empty: read from the proposal checkpoint (vit_b / hiera_t with random
+weights)."""
+
+SAM_GENERATORS = ("sam", "sam2")
+"""The generators that take a proposal model."""
 
 DEFAULT_CLASSIFIER = "crop"
 DEFAULT_MASK_THRESHOLD = 0.5

@@ -29,6 +29,7 @@ from ovseg_ros.engine.options import (
     DEFAULT_MAX_IMAGE_SIDE,
     DEFAULT_MIN_PROPOSAL_AREA,
     DEFAULT_UNLABELED_THRESHOLD,
+    SAM_GENERATORS,
 )
 from ovseg_ros.engine.proposals import (
     DEFAULT_PROPOSAL_GENERATOR,
@@ -253,7 +254,9 @@ def aggregate_scores(
     covered = coverage > 0
     scores = torch.where(covered, best / coverage.clamp(min=1e-12), torch.zeros_like(best))
     labels[~covered | (scores < unlabeled_threshold)] = UNLABELED
-    return labels.cpu().numpy(), scores.cpu().numpy().astype(np.float32)
+    # One copy back to the host: labels (< 2^24, exact in float32) and scores together.
+    both = torch.stack([labels.float(), scores.float()]).cpu().numpy()
+    return both[0].astype(np.int64), both[1]
 
 
 class TwoStageSegmenter:
@@ -298,7 +301,22 @@ class TwoStageSegmenter:
         image (processing_image), for a later segment(image, vocabulary, proposals) with the same
         image (e.g. on another thread, as the node's pipeline)."""
         self._check_inputs(image, vocabulary)
-        return self.proposals(self.processing_image(image), vocabulary)
+        processed = self.processing_image(image)
+        return self.proposals(self._stage_one_input(processed), vocabulary)
+
+    def upload(self, image: np.ndarray) -> torch.Tensor:
+        """image (H, W, 3) uint8 -> the same as a tensor on the CLIP device: the frame's one copy
+        to the device, shared by both stages."""
+        return torch.from_numpy(np.ascontiguousarray(image)).to(self.clip.device)
+
+    def _stage_one_input(
+        self, image: np.ndarray, pixels: torch.Tensor | None = None
+    ) -> np.ndarray | torch.Tensor:
+        """What the generator takes: for one that takes tensors the image on the device (pixels,
+        or uploaded now when None), else the array."""
+        if not self.proposals.takes_tensors:
+            return image
+        return self.upload(image) if pixels is None else pixels
 
     def segment(
         self,
@@ -331,8 +349,9 @@ class TwoStageSegmenter:
         processed = self.processing_image(image)
         if processed is not image:
             lap("resize")
+        pixels = self.upload(processed)
         if proposals is None:
-            proposals = self.proposals(processed, vocabulary)
+            proposals = self.proposals(self._stage_one_input(processed, pixels), vocabulary)
             lap("proposals")
         elif tuple(proposals.masks.shape[1:]) != processed.shape[:2]:
             raise ValueError(
@@ -343,12 +362,11 @@ class TwoStageSegmenter:
         masks = proposals.masks.to(self.clip.device)
         if config.classifier == "dense":
             binary, kept = usable_masks(masks, config.mask_threshold, config.min_proposal_area)
-            kept = kept.cpu()
             lap("crops")
-            embeddings = self.dense.mask_embeddings(processed, binary)
+            embeddings = self.dense.mask_embeddings(pixels, binary)
         elif config.classifier == "crop":
             crops = self.classifier.make_crops(
-                processed, masks, config.mask_threshold, config.min_proposal_area
+                pixels, masks, config.mask_threshold, config.min_proposal_area
             )
             kept = crops.kept
             lap("crops")
@@ -360,11 +378,11 @@ class TwoStageSegmenter:
         clip_probs = clip_probabilities(
             embeddings, vocabulary.text_embeddings.to(embeddings.device)
         )
-        weights = proposals.weights
+        weights = None if proposals.weights is None else proposals.weights.to(masks.device)
         if proposals.class_scores is not None and config.ensemble_weight > 0:
             # As the reference: masks left empty by the threshold keep p_clip = 1.
             full = torch.ones((len(proposals), vocabulary.num_classes), device=masks.device)
-            full[kept.to(masks.device)] = clip_probs.to(masks.device)
+            full[kept] = clip_probs.to(masks.device)
             probabilities = ensemble_probabilities(
                 full,
                 proposals.class_scores.to(masks.device),
@@ -374,7 +392,7 @@ class TwoStageSegmenter:
         else:
             probabilities = clip_probs
             if len(kept) < len(masks):
-                masks = masks[kept.to(masks.device)]
+                masks = masks[kept]
                 weights = None if weights is None else weights[kept]
         labels, scores = aggregate_scores(
             probabilities, masks, weights, config.unlabeled_threshold, image.shape[:2]
@@ -443,13 +461,21 @@ def build_segmenter(
     random_weights: bool = False,
     proposal_checkpoint: str | Path | None = None,
     compile_image_tower: bool = False,
+    proposal_model: str | None = None,
 ) -> TwoStageSegmenter:
     """Loads CLIP (clip_model.load_clip: exactly one of pretrained, checkpoint, random_weights)
     and builds the named proposal generator capped at max_proposals masks per image.
 
     proposal_checkpoint: weights of a learned generator ("maskformer"; None = its bundled
     default), which also gets the CLIP model and device; refused for training-free ones.
+    "sam" / "sam2" need proposal_checkpoint and take proposal_model, their model type (None or
+    "": read from the checkpoint); they run on CLIP's device.
     """
+    if proposal_model and proposal_generator not in SAM_GENERATORS:
+        raise ValueError(
+            f"proposal generator {proposal_generator!r} takes no proposal model (only "
+            f"{' and '.join(SAM_GENERATORS)} do)"
+        )
     clip = load_clip(
         model,
         pretrained=pretrained,
@@ -462,6 +488,12 @@ def build_segmenter(
     settings: dict[str, object] = {"max_proposals": max_proposals}
     if proposal_generator == "maskformer":
         settings.update(checkpoint=proposal_checkpoint, clip=clip, device=str(clip.device))
+    elif proposal_generator == "hierarchy":
+        settings.update(device=clip.device)
+    elif proposal_generator in SAM_GENERATORS:
+        settings.update(
+            checkpoint=proposal_checkpoint, model=proposal_model or None, device=str(clip.device)
+        )
     elif proposal_checkpoint:
         raise ValueError(f"proposal generator {proposal_generator!r} takes no checkpoint")
     proposals = build_proposal_generator(proposal_generator, **settings)

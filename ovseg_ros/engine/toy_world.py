@@ -169,7 +169,7 @@ def _polygon(radius: float, angle: float, center: tuple[float, float], points) -
     return (points @ rotation.T + np.asarray(center)).round().astype(np.int32)
 
 
-def _shape_mask(
+def shape_mask(
     shape: str, center: tuple[float, float], radius: float, angle: float, size: tuple[int, int]
 ) -> np.ndarray:
     """Filled shape of circumradius `radius` pixels: (H, W) bool, no anti-aliasing."""
@@ -237,7 +237,7 @@ def generate_scene(seed: int, height: int = 240, width: int = 320) -> ToyScene:
         radius = rng.uniform(0.09, 0.24) * side
         center = (rng.uniform(radius * 0.6, width - radius * 0.6),
                   rng.uniform(radius * 0.6, height - radius * 0.6))  # fmt: skip
-        mask = _shape_mask(shape, center, radius, rng.uniform(0, 2 * np.pi), (height, width))
+        mask = shape_mask(shape, center, radius, rng.uniform(0, 2 * np.pi), (height, width))
         # Draw it only if it leaves enough of every earlier shape visible and does not touch a
         # shape of its own color (the two would look like one region).
         trial = np.where(mask, len(shapes) + 1, instances)

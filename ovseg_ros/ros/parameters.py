@@ -10,8 +10,15 @@ from dataclasses import dataclass, fields
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
-from ovseg_ros.engine.options import CLASSIFIERS, DEFAULT_PROPOSAL_GENERATOR, DEVICES, PRECISIONS
+from ovseg_ros.engine.options import (
+    CLASSIFIERS,
+    DEFAULT_PROPOSAL_GENERATOR,
+    DEFAULT_PROPOSAL_MODEL,
+    DEVICES,
+    PRECISIONS,
+)
 from ovseg_ros.engine.proposals import proposal_generator_names
+from ovseg_ros.engine.proposals.sam import is_proposal_model
 from ovseg_ros.engine.segmenter import SegmenterConfig
 
 
@@ -30,6 +37,7 @@ class SegmenterParameters:
     max_classes: int
     proposal_generator: str
     proposal_checkpoint: str
+    proposal_model: str
     max_proposals: int
     max_image_side: int
     max_input_pixels: int
@@ -60,6 +68,7 @@ DEFAULTS = SegmenterParameters(
     max_classes=1000,
     proposal_generator=DEFAULT_PROPOSAL_GENERATOR,
     proposal_checkpoint="",
+    proposal_model=DEFAULT_PROPOSAL_MODEL,
     max_proposals=100,
     max_image_side=SegmenterConfig.max_image_side,
     max_input_pixels=4096 * 4096,
@@ -138,7 +147,14 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
         {},
     ),
     "proposal_checkpoint": (
-        "Weights of a learned proposal generator (maskformer); empty = its bundled default.",
+        "Weights of a learned proposal generator: maskformer (empty = its bundled default), "
+        "sam or sam2 (required; Meta's .pt/.pth files or safetensors).",
+        {},
+    ),
+    "proposal_model": (
+        "Model type of the sam (vit_b | vit_l | vit_h) or sam2 (hiera_t | hiera_s | hiera_b+ | "
+        "hiera_l for SAM 2.1, sam2_hiera_t ... for SAM 2.0) generator; empty = read from "
+        "proposal_checkpoint. Other generators take none.",
         {},
     ),
     "classifier": (
@@ -280,6 +296,11 @@ def check_value(name: str, value: object) -> object:
         raise ValueError(f"parameter {name} must be a string, {example}; got {value!r}")
     if name in CHOICES and value not in CHOICES[name]:
         raise ValueError(f"parameter {name} must be one of {CHOICES[name]}, got {value!r}")
+    if name == "proposal_model" and not is_proposal_model(value):
+        raise ValueError(
+            f"parameter proposal_model must be empty or a sam or sam2 model such as vit_b or "
+            f"hiera_t, got {value!r}"
+        )
     return value
 
 

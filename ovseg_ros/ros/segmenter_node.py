@@ -143,6 +143,7 @@ class SegmenterNode(Node):
             proposal_generator=p.proposal_generator,
             max_proposals=p.max_proposals,
             proposal_checkpoint=p.proposal_checkpoint or None,
+            proposal_model=p.proposal_model or None,
         )
         self._apply_segmenter_settings(p)
         self.encoder = VocabularyEncoder(self.segmenter.clip, max_classes=p.max_classes)

@@ -2,11 +2,12 @@
 
 `build_proposal_generator(name, **settings)` makes any registered generator; "superpixel"
 (training-free hierarchical grouping of superpixels, grouping.py) is the default; "maskformer"
-(the paper's proposal network, maskformer.py) needs a checkpoint.
+(the paper's proposal network, maskformer.py) needs a checkpoint; "sam" and "sam2" (Segment
+Anything 1 and 2, sam.py) need the optional extra `pip install "ovseg_ros[sam]"` and a checkpoint.
 """
 
 from ovseg_ros.engine.options import DEFAULT_PROPOSAL_GENERATOR
-from ovseg_ros.engine.proposals import grouping, maskformer
+from ovseg_ros.engine.proposals import grouping, hierarchy, maskformer, sam
 from ovseg_ros.engine.proposals.base import (
     ProposalGenerator,
     Proposals,
@@ -21,7 +22,9 @@ __all__ = [
     "Proposals",
     "build_proposal_generator",
     "grouping",
+    "hierarchy",
     "maskformer",
     "proposal_generator_names",
     "register_proposal_generator",
+    "sam",
 ]

@@ -44,7 +44,13 @@ class Proposals:
 
 
 class ProposalGenerator(ABC):
-    """Stage 1: image -> class-agnostic mask proposals."""
+    """Stage 1: image -> class-agnostic mask proposals.
+
+    takes_tensors: True for generators that also take the image as an (H, W, 3) uint8 tensor on
+    the CLIP device, so a frame goes to the device once (TwoStageSegmenter passes it so).
+    """
+
+    takes_tensors: bool = False
 
     @abstractmethod
     def __call__(self, image: np.ndarray, vocabulary: EncodedVocabulary | None = None) -> Proposals:
