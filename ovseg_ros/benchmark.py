@@ -14,6 +14,8 @@ import queue
 import tempfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -85,6 +87,7 @@ class BenchSettings:
     warmup: int = 1
     pipeline: bool = False
     max_image_side: int = DEFAULT_MAX_IMAGE_SIDE
+    profile: bool = False
 
 
 @dataclass
@@ -113,7 +116,9 @@ class BenchResult:
     image tower's compute dtype that settings.precision resolved to (e.g. "bfloat16").
     pipelined_frames_per_s (settings.pipeline only): stages 1 and 2 with stage 1 of the next
     frame on a second thread (the node's `pipeline`); serial_frames_per_s: the same stages one
-    after the other, from their means."""
+    after the other, from their means. host_waits (settings.profile only): per stage ("stage 1",
+    "stage 2") of one more frame, the count of each op at which the host waits for the device
+    (count_host_waits)."""
 
     settings: BenchSettings
     stages: dict[str, StageTiming]
@@ -125,6 +130,32 @@ class BenchResult:
     dtype: str
     pipelined_frames_per_s: float | None = None
     serial_frames_per_s: float | None = None
+    host_waits: dict[str, dict[str, int]] | None = None
+
+
+HOST_WAITS = (
+    "aten::_local_scalar_dense",  # .item(), int(), bool() of a tensor
+    "aten::nonzero",  # boolean indexing, nonzero()
+    "aten::_unique2",
+    "aten::unique_dim",
+    "cudaMemcpy",
+    "cudaMemcpyAsync",
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+)
+"""Ops whose result the host must read before it goes on: on a GPU each one waits for the device.
+The aten ops show on any device; the CUDA runtime's copies and synchronisations only on a GPU."""
+
+
+def count_host_waits(run: Callable[[], object]) -> dict[str, int]:
+    """Runs `run` once under the torch profiler (CPU, and CUDA when there is a GPU) and counts
+    its calls of each op in HOST_WAITS; ops never called are left out."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        run()
+    return dict(Counter(e.name for e in profile.events() if e.name in HOST_WAITS))
 
 
 def box_masks(count: int, height: int, width: int) -> torch.Tensor:
@@ -377,6 +408,13 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
         serial = 1000.0 / sum(
             stages[stage].mean for stage in ("resize", *SEGMENTER_STAGES) if stage in stages
         )
+    host_waits = None
+    if settings.profile:
+        proposals = segmenter.propose(rgb, vocabulary)
+        host_waits = {
+            "stage 1": count_host_waits(lambda: segmenter.propose(rgb, vocabulary)),
+            "stage 2": count_host_waits(lambda: segmenter.segment(rgb, vocabulary, proposals)),
+        }
     return BenchResult(
         settings=settings,
         stages=stages,
@@ -388,6 +426,7 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
         dtype=segmenter.clip.dtype_name,
         pipelined_frames_per_s=pipelined,
         serial_frames_per_s=serial,
+        host_waits=host_waits,
     )
 
 
@@ -460,11 +499,19 @@ def format_report(
     if node is not None:
         s = results[0].settings
         lines.append(
-            f"node over DDS, {s.model} {s.classifier} {s.width}x{s.height} (superpixel proposals "
-            f"capped at {s.proposals}, pipeline {'on' if node.pipeline else 'off'}): "
+            f"node over DDS, {s.model} {s.classifier} {s.width}x{s.height} ({s.proposal_generator} "
+            f"proposals capped at {s.proposals}, pipeline {'on' if node.pipeline else 'off'}): "
             f"publish -> result mean {node.latency.mean:.0f} ms, p50 {node.latency.p50:.0f} ms, "
             f"p90 {node.latency.p90:.0f} ms; streaming {node.frames_per_s:.2f} frames/s"
         )
+    for result in results:
+        for stage, counts in (result.host_waits or {}).items():
+            s = result.settings
+            listed = ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
+            lines.append(
+                f"host waits per frame, {stage}, {s.proposal_generator} {s.classifier} "
+                f"{result.proposals_per_frame:.0f} masks: {listed or 'none'}"
+            )
     for dense in results:
         for crop in results:
             if dense.settings.classifier == "dense" and crop.settings == replace(

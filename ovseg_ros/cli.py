@@ -498,6 +498,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 warmup=args.warmup,
                 pipeline=args.pipeline,
                 max_image_side=args.max_image_side,
+                profile=args.profile,
             )
             print(f"benchmarking {classifier} / {precision} ...", file=sys.stderr, flush=True)
             results.append(benchmark.run_benchmark(settings))
@@ -587,6 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup", type=_count, default=1, help="untimed frames first (%(default)s)"
     )
     bench.add_argument("--node", action="store_true", help="also time the node over DDS")
+    bench.add_argument(
+        "--profile",
+        action="store_true",
+        help="count, in one more frame per stage, the ops at which the host waits for the device",
+    )
     bench.add_argument(
         "--pipeline",
         action="store_true",

@@ -30,6 +30,7 @@ PASS_THROUGH = (
     "classifier",
     "proposal_generator",
     "proposal_checkpoint",
+    "proposal_model",
 )
 """Node parameters with a launch argument of the same name; empty keeps the params file's value."""
 

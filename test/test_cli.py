@@ -396,3 +396,16 @@ def test_bench_times_every_stage_and_compares_modes_at_one_precision(tmp_path, c
     assert "frames/s ratio dense/crop, ovseg-tiny-clip float32" in markdown
     assert "frames/s ratio dense/crop, ovseg-tiny-clip bfloat16" in markdown
     assert markdown in capsys.readouterr().out
+
+
+def test_bench_profile_counts_the_host_waits_of_each_stage(tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", "--model", "ovseg-tiny-clip", *MODEL, "--size", "160x120", "--proposals", "7"]
+    args += ["--proposal-generator", "hierarchy", "--classifier", "dense", "--precision", "fp32"]
+    assert main([*args, "--iterations", "1", "--warmup", "0", "--profile", "--out", str(out)]) == 0
+    waits = json.loads((out / "bench.json").read_text())["results"][0]["host_waits"]
+    assert set(waits) == {"stage 1", "stage 2"}
+    assert waits["stage 1"]["aten::nonzero"] >= 3  # hierarchy: three per merge round
+    assert sum(waits["stage 2"].values()) <= 4  # dense: none per mask
+    markdown = (out / "bench.md").read_text()
+    assert "host waits per frame, stage 2, hierarchy dense 7 masks: " in markdown

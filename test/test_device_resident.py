@@ -4,26 +4,16 @@ make a GPU wait for the host do not grow with the number of masks)."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import pytest
 import torch
 from tiny_model import TINY_CHECKPOINT, TINY_MODEL
 
+from ovseg_ros.benchmark import count_host_waits
 from ovseg_ros.engine import toy_world
 from ovseg_ros.engine.proposals.base import ProposalGenerator, Proposals
 from ovseg_ros.engine.segmenter import SegmenterConfig, build_segmenter
 from ovseg_ros.engine.vocabulary import VocabularyEncoder
-
-HOST_WAITS = (
-    "aten::_local_scalar_dense",  # .item(), int(), bool() of a tensor
-    "aten::nonzero",  # boolean indexing, nonzero()
-    "aten::_unique2",
-    "aten::unique_dim",
-)
-"""Ops whose result size or value the host must read before going on: each a synchronisation on a
-GPU. (Copies to the host show up on a GPU only; on the CPU there are none to count.)"""
 
 
 class FixedMasks(ProposalGenerator):
@@ -59,12 +49,6 @@ def scene():
     return toy_world.generate_scene(toy_world.EVAL_SEEDS.start + 1)
 
 
-def host_waits(segmenter, image, vocabulary) -> Counter:
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-        segmenter.segment(image, vocabulary)
-    return Counter(e.name for e in profile.events() if e.name in HOST_WAITS)
-
-
 @pytest.mark.parametrize("classifier", ["crop", "dense"])
 def test_host_waits_of_stage_two_do_not_grow_with_the_number_of_masks(segmenter, scene, classifier):
     vocabulary = VocabularyEncoder(segmenter.clip).encode(toy_world.shape_classes(), "single")
@@ -76,7 +60,7 @@ def test_host_waits_of_stage_two_do_not_grow_with_the_number_of_masks(segmenter,
         counts = []
         for count in (8, 40):
             segmenter.proposals = FixedMasks(masks, count)
-            counts.append(host_waits(segmenter, scene.image, vocabulary))
+            counts.append(count_host_waits(lambda: segmenter.segment(scene.image, vocabulary)))
     finally:
         segmenter.proposals, segmenter.config = generator, config
     assert counts[0] == counts[1], counts

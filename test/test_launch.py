@@ -56,6 +56,7 @@ def test_arguments_are_the_documented_ones_with_empty_pass_through_defaults():
         "classifier",
         "proposal_generator",
         "proposal_checkpoint",
+        "proposal_model",
     ]
     assert arguments["image"].default == "camera/color/image_raw"
     assert arguments["params_file"].default == PARAMS_FILE

@@ -6,7 +6,9 @@
 # package index:  pip download --no-deps -d .whl open_clip_torch==3.3.0 ftfy wcwidth
 # Writes OUT_DIR/bench.md and bench.json: crop and dense modes, ViT-B-16 with random weights,
 # 640x480, 100 proposals, fp16 and fp32, on the same GPU in one run, each also with stage 1 of
-# the next frame on a second thread (--pipeline); then toy-world quality (tiny
+# the next frame on a second thread (--pipeline); then fp16 with the `hierarchy` proposals on the
+# GPU and the host-wait profile (--profile) into OUT_DIR/hierarchy, and their proposal figures on
+# the photo world (needs scikit-image) into OUT_DIR/photo-hierarchy; then toy-world quality (tiny
 # CLIP, 50 scenes, both vocabularies) in fp16 and fp32 for both modes into OUT_DIR/quality.md;
 # then fp16 with the paper's MaskFormer proposals (random weights) into OUT_DIR/maskformer; then
 # fp16 with torch.compile into OUT_DIR/compiled.
@@ -21,6 +23,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -m ovseg_ros.cli bench --model ViT-B-16 --device cuda --size 640x480 --proposals 100 \
   --classifier crop dense --precision fp16 fp32 --iterations 20 --warmup 3 --pipeline --out "$out"
+# Stage 1 on the device: the training-free `hierarchy` generator, and what the host waits for.
+python3 -m ovseg_ros.cli bench --model ViT-B-16 --device cuda --size 640x480 --proposals 100 \
+  --proposal-generator hierarchy --classifier crop dense --precision fp16 --iterations 20 \
+  --warmup 3 --profile --out "$out/hierarchy" || echo "hierarchy run failed; the figures above stand"
+python3 -m ovseg_ros.cli eval toy:photo --limit 30 --proposals-only --proposals hierarchy \
+  --device cuda --out "$out/photo-hierarchy" || echo "photo-world run failed (scikit-image?)"
 # Toy-world quality on the GPU: does fp16 label as well as fp32?
 for classifier in crop dense; do
   for precision in fp16 fp32; do
