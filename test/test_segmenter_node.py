@@ -237,6 +237,21 @@ def test_compressed_input(ros_context):
         h.close()
 
 
+def test_hierarchy_proposals_serve_frames_over_dds(ros_context):
+    h = Harness(ros_context, proposal_generator="hierarchy")
+    try:
+        assert h.segmenter.segmenter.proposals.takes_tensors
+        h.wait_connected()
+        rgb, msg = _scene_image(1_000_004, stamp_sec=7)
+        h.image_pub.publish(msg)
+        assert h.spin_until(lambda: len(h.results) > 0)
+        assert h.results[0].header.stamp.sec == 7
+        expected = h.segmenter.segmenter.segment(rgb, h.segmenter.vocabulary)
+        np.testing.assert_array_equal(_labels_of(h.results[0].labels), expected.labels)
+    finally:
+        h.close()
+
+
 def test_bad_frames_are_skipped_and_node_keeps_serving(harness):
     header = Header(frame_id="cam")
     unsupported = Image(header=header, height=2, width=2, encoding="32FC1", step=8, data=bytes(16))
