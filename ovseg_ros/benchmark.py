@@ -138,13 +138,12 @@ HOST_WAITS = (
     "aten::nonzero",  # boolean indexing, nonzero()
     "aten::_unique2",
     "aten::unique_dim",
-    "cudaMemcpy",
-    "cudaMemcpyAsync",
     "cudaStreamSynchronize",
     "cudaDeviceSynchronize",
 )
 """Ops whose result the host must read before it goes on: on a GPU each one waits for the device.
-The aten ops show on any device; the CUDA runtime's copies and synchronisations only on a GPU."""
+The aten ops show on any device (on a GPU each also shows as one of the CUDA runtime's
+synchronisations, the last two, which only a GPU has)."""
 
 
 def count_host_waits(run: Callable[[], object]) -> dict[str, int]:
@@ -179,18 +178,18 @@ class PaddedProposals(ProposalGenerator):
     def __init__(self, inner: ProposalGenerator, count: int) -> None:
         self.inner = inner
         self.count = count
-        self._boxes: dict[tuple[int, int], torch.Tensor] = {}
+        self.takes_tensors = getattr(inner, "takes_tensors", False)
+        self._boxes: dict[tuple[tuple[int, int], torch.device], torch.Tensor] = {}
 
     def __call__(self, image: np.ndarray, vocabulary: EncodedVocabulary | None = None) -> Proposals:
         proposals = self.inner(image, vocabulary)
         masks = proposals.masks[: self.count]
         missing = self.count - masks.shape[0]
         if missing > 0:
-            size = image.shape[:2]
-            if size not in self._boxes:
-                self._boxes[size] = box_masks(self.count, *size)
-            extra = self._boxes[size][:missing].to(device=masks.device, dtype=masks.dtype)
-            masks = torch.cat([masks, extra])
+            key = (tuple(image.shape[:2]), masks.device)
+            if key not in self._boxes:
+                self._boxes[key] = box_masks(self.count, *key[0]).to(masks.device)
+            masks = torch.cat([masks, self._boxes[key][:missing].to(masks.dtype)])
         return Proposals(masks=masks)
 
 

@@ -32,6 +32,7 @@ from ovseg_ros.engine.options import (
     DEVICES,
     PRECISIONS,
     PROPOSAL_GENERATORS,
+    SAM_GENERATORS,
     TINY_MODEL,
     TRAINING_FREE_GENERATORS,
 )
@@ -472,6 +473,11 @@ def run_bench(args: argparse.Namespace) -> int:
     """`ovseg bench`: prints the table and writes bench.json / bench.md."""
     from ovseg_ros import benchmark
 
+    if args.proposal_model and args.proposal_generator not in SAM_GENERATORS:
+        raise ValueError(
+            f"proposal generator {args.proposal_generator!r} takes no proposal model (only "
+            f"{' and '.join(SAM_GENERATORS)} do)"
+        )
     if args.node and args.proposal_generator not in TRAINING_FREE_GENERATORS:
         raise ValueError(
             f"--node times the node with a training-free generator only "
@@ -578,8 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--proposal-generator",
         default=DEFAULT_PROPOSAL_GENERATOR,
         choices=PROPOSAL_GENERATORS,
-        help="stage-1 generator (%(default)s); learned ones (maskformer, sam, sam2) run with "
-        "random weights of the real architecture",
+        help="stage-1 generator (%(default)s); sam and sam2 run with random weights of the real "
+        "architecture, maskformer too when CLIP has random weights (else the bundled network)",
     )
     _add_proposal_model(bench)
     bench.add_argument("--classifier", nargs="+", default=list(CLASSIFIERS), choices=CLASSIFIERS)

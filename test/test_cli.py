@@ -405,7 +405,7 @@ def test_bench_profile_counts_the_host_waits_of_each_stage(tmp_path):
     assert main([*args, "--iterations", "1", "--warmup", "0", "--profile", "--out", str(out)]) == 0
     waits = json.loads((out / "bench.json").read_text())["results"][0]["host_waits"]
     assert set(waits) == {"stage 1", "stage 2"}
-    assert waits["stage 1"]["aten::nonzero"] >= 3  # hierarchy: three per merge round
+    assert waits["stage 1"]["aten::nonzero"] >= 3 * 5  # hierarchy: three per merge round
     assert sum(waits["stage 2"].values()) <= 4  # dense: none per mask
     markdown = (out / "bench.md").read_text()
     assert "host waits per frame, stage 2, hierarchy dense 7 masks: " in markdown

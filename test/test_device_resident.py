@@ -1,6 +1,6 @@
-"""The device-resident frame path: the frame goes to the CLIP device once, stage 1 can take it
-there, and stage 2 has no host round trip per mask (counted with the torch profiler: the ops that
-make a GPU wait for the host do not grow with the number of masks)."""
+"""The device-resident frame path: the frame goes to the CLIP device once per segment() call,
+stage 1 can take it there, and stage 2 has no host round trip per mask (counted with the torch
+profiler: the ops at which the host waits for the device do not grow with the number of masks)."""
 
 from __future__ import annotations
 
@@ -72,8 +72,20 @@ def test_a_generator_that_takes_tensors_gets_the_uploaded_frame_and_gives_the_sa
 ):
     vocabulary = VocabularyEncoder(segmenter.clip).encode(toy_world.shape_classes(), "single")
     assert segmenter.proposals.takes_tensors
-    on_device = segmenter.segment(scene.image, vocabulary)
     generator = segmenter.proposals
+    received = []
+
+    def recording(image, vocabulary=None):
+        received.append(type(image))
+        return generator(image, vocabulary)
+
+    recording.takes_tensors = True
+    try:
+        segmenter.proposals = recording
+        on_device = segmenter.segment(scene.image, vocabulary)
+    finally:
+        segmenter.proposals = generator
+    assert received == [torch.Tensor]
     try:
         segmenter.proposals = ArraysOnly(generator)
         from_array = segmenter.segment(scene.image, vocabulary)

@@ -24,7 +24,6 @@ from ovseg_ros.engine.proposals.sam import (
     SamProposalGenerator,
     guess_sam2_model,
     guess_sam_model,
-    mask_boxes,
     point_grid,
     select_masks,
     stability_scores,
@@ -105,13 +104,6 @@ def test_stability_is_the_area_ratio_of_the_logits_thresholded_at_plus_and_minus
     logits[1, 1:4] = 0.5  # a soft one: 4 pixels above +1, 16 above -1
     scores = stability_scores(logits, threshold=0.0, offset=1.0)
     assert scores.tolist() == [1.0, 0.25, 0.0]  # the empty mask scores 0, not NaN
-
-
-def test_mask_boxes_are_tight_with_exclusive_ends():
-    masks = torch.zeros((2, 5, 6), dtype=torch.bool)
-    masks[0, 1:3, 2:5] = True
-    masks[0, 4, 0] = True
-    assert mask_boxes(masks).tolist() == [[0.0, 1.0, 5.0, 5.0], [0.0, 0.0, 0.0, 0.0]]
 
 
 def _square(top: int, left: int, size: int, soft: bool = False) -> torch.Tensor:

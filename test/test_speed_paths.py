@@ -52,6 +52,14 @@ def test_unique_masks_merges_only_identical_masks():
     assert first.tolist() == [0, 2, 3]
     assert inverse.tolist() == [0, 0, 1, 2, 2]
     assert torch.equal(masks[first][inverse], masks)
+    # Two equal masks that differ from their group's first only off the sampled pixels (every
+    # 4th of 64 x 64) share one entry too.
+    square = torch.zeros(64, 64, dtype=torch.bool)
+    square[5:20, 5:20] = True
+    dented = square.clone()
+    dented[19, 19] = False  # flat index 1235: not a multiple of 4, not sampled
+    first, inverse = unique_masks(torch.stack([square, dented, dented]))
+    assert first.tolist() == [0, 1] and inverse.tolist() == [0, 1, 1]
 
 
 def test_duplicate_proposals_get_the_probabilities_of_their_twin(tiny_clip):

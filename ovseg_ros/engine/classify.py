@@ -105,9 +105,13 @@ def unique_masks(binary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     step = max(1, flat.shape[1] // FINGERPRINT_PIXELS)
     _, group = torch.unique(flat[:, ::step], dim=0, return_inverse=True)
     leader = torch.full_like(index, count).scatter_reduce(0, group, index, "amin")[group]
-    candidates = (leader != index).nonzero().flatten()
-    differs = (flat[candidates] != flat[leader[candidates]]).any(dim=1)
-    leader[candidates[differs]] = candidates[differs]
+    pending = (leader != index).nonzero().flatten()
+    while len(pending):  # masks not yet compared with their leader
+        differs = (flat[pending] != flat[leader[pending]]).any(dim=1)
+        pending = pending[differs]  # each gets the first of its group's differing masks
+        lowest = torch.full_like(index, count).scatter_reduce(0, group[pending], pending, "amin")
+        leader[pending] = lowest[group[pending]]
+        pending = pending[leader[pending] != pending]
     first = torch.unique(leader)
     return first, torch.searchsorted(first, leader)
 
@@ -176,7 +180,8 @@ class CropClassifier:
         """Class probabilities of each non-empty mask.
 
         image: (H, W, 3) uint8 RGB; masks: (N, H, W) float in [0, 1]; text_embeddings: (C, D).
-        Returns (probabilities: (K, C) float32, kept: (K,) int64 indices into masks).
+        Returns (probabilities: (K, C) float32, kept: (K,) int64 indices into masks), both on
+        the CLIP device.
         """
         crops = self.make_crops(image, masks, mask_threshold)
         embeddings = self.embed(crops.crops, batch_size)[crops.inverse]

@@ -98,6 +98,8 @@ def evaluate(
         if propose is None:
             segmentation = segmenter.segment(sample.image, vocabulary)
         else:
+            # Stage-1 ms includes the downscale to the processing size, which segment() repeats
+            # (and times as "resize"), as the node's pipeline does.
             proposals, timings["proposals"] = _timed_proposals(
                 lambda sample=sample: propose(sample.image, vocabulary)
             )

@@ -305,8 +305,9 @@ class TwoStageSegmenter:
         return self.proposals(self._stage_one_input(processed), vocabulary)
 
     def upload(self, image: np.ndarray) -> torch.Tensor:
-        """image (H, W, 3) uint8 -> the same as a tensor on the CLIP device: the frame's one copy
-        to the device, shared by both stages."""
+        """image (H, W, 3) uint8 -> the same as a tensor on the CLIP device: within one
+        segment() call, the frame's one copy to the device, shared by both stages (propose()
+        followed by segment() copies it in each)."""
         return torch.from_numpy(np.ascontiguousarray(image)).to(self.clip.device)
 
     def _stage_one_input(
@@ -314,7 +315,7 @@ class TwoStageSegmenter:
     ) -> np.ndarray | torch.Tensor:
         """What the generator takes: for one that takes tensors the image on the device (pixels,
         or uploaded now when None), else the array."""
-        if not self.proposals.takes_tensors:
+        if not getattr(self.proposals, "takes_tensors", False):  # any callable may generate
             return image
         return self.upload(image) if pixels is None else pixels
 

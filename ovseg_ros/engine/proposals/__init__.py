@@ -1,7 +1,8 @@
 """Stage 1: class-agnostic mask proposals.
 
 `build_proposal_generator(name, **settings)` makes any registered generator; "superpixel"
-(training-free hierarchical grouping of superpixels, grouping.py) is the default; "maskformer"
+(training-free hierarchical grouping of superpixels, grouping.py) is the default; "hierarchy"
+(the same idea in torch on the CLIP device, with border strength, hierarchy.py); "maskformer"
 (the paper's proposal network, maskformer.py) needs a checkpoint; "sam" and "sam2" (Segment
 Anything 1 and 2, sam.py) need the optional extra `pip install "ovseg_ros[sam]"` and a checkpoint.
 """

@@ -40,6 +40,7 @@ from ovseg_ros.engine.clip_model import (
     resolve_device,
     resolve_weights_path,
 )
+from ovseg_ros.engine.crops import mask_boxes
 from ovseg_ros.engine.proposals.base import (
     ProposalGenerator,
     Proposals,
@@ -116,22 +117,6 @@ def stability_scores(logits: torch.Tensor, threshold: float = 0.0, offset: float
     return inner.float() / outer.clamp(min=1).float()
 
 
-def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """(N, 4) float32 boxes (x0, y0, x1, y1), x1 and y1 exclusive, of (N, h, w) bool masks;
-    an empty mask gets (0, 0, 0, 0)."""
-    count, height, width = masks.shape
-    boxes = torch.zeros((count, 4), dtype=torch.float32, device=masks.device)
-    for axis, size, (low, high) in ((2, height, (1, 3)), (1, width, (0, 2))):
-        present = masks.any(axis)  # (N, size): rows (axis 2) or columns (axis 1) that are set
-        index = torch.arange(size, device=masks.device).expand_as(present)
-        first = torch.where(present, index, size).amin(1)
-        last = torch.where(present, index, -1).amax(1) + 1
-        empty = ~present.any(1)
-        boxes[:, low] = torch.where(empty, 0, first).float()
-        boxes[:, high] = torch.where(empty, 0, last).float()
-    return boxes
-
-
 def select_masks(
     logits: torch.Tensor,
     scores: torch.Tensor,
@@ -155,10 +140,11 @@ def select_masks(
         keep = keep[stable >= stability_threshold]
     if keep.numel():
         binary = logits[keep] > mask_threshold
-        keep, binary = keep[binary.flatten(1).any(1)], binary[binary.flatten(1).any(1)]
+        nonempty = binary.flatten(1).any(1)
+        keep, binary = keep[nonempty], binary[nonempty]
     if not keep.numel():
         return keep
-    survivors = nms(mask_boxes(binary), scores[keep].float(), nms_iou)
+    survivors = nms(mask_boxes(binary).float(), scores[keep].float(), nms_iou)
     return keep[survivors[:limit]]
 
 

@@ -32,7 +32,7 @@ def slic_superpixels(
 
     The distance of a pixel to a centre is |f - f_c|^2 + (compactness / S)^2 |xy - xy_c|^2, with
     S the grid spacing in pixels: compactness is how many feature units one grid spacing weighs.
-    Returns labels: (H, W) int64, values 0..S-1, every value used.
+    Returns labels: (H, W) int64, values 0..N-1 (N superpixels), every value used.
     """
     channels, height, width = features.shape
     device = features.device
@@ -69,8 +69,7 @@ def slic_superpixels(
         sums = torch.zeros(rows * cols, depth, device=device).index_add_(
             0, labels, flat_points * inside[:, None]
         )
-        centres = sums / sizes.clamp(min=1)[:, None]
-        centres[sizes == 0] = EMPTY_CENTRE
+        centres = torch.where(sizes[:, None] > 0, sums / sizes.clamp(min=1)[:, None], EMPTY_CENTRE)
         near = centres[candidates]  # (cells, 9, D)
         # |p - c|^2 less |p|^2, which is the same for every candidate of a pixel.
         distance = (near * near).sum(2)[:, None, :] - 2 * torch.bmm(by_cell, near.transpose(1, 2))
