@@ -160,8 +160,9 @@ class SegmentAnythingProposals(ProposalGenerator):
     lower-scoring of two masks is dropped. Masks: (N, H, W) bool on the device, best predicted
     IoU first; weights: their predicted IoU.
 
-    Subclasses load their network (_load) and wrap their package's encoder and decoder
-    (_encode, _decode, _upscale, _valid_size).
+    Subclasses name their default model and build their networks (default_model, _guess_model,
+    _builder) and wrap their package's encoder and decoder (_encode, _decode, _upscale,
+    _valid_size).
     """
 
     generator = ""
@@ -247,13 +248,6 @@ class SegmentAnythingProposals(ProposalGenerator):
         self.network = network.to(self.device).eval()
         self.predictor = self._predictor(self.network)
 
-    def _read_checkpoint(
-        self, checkpoint: str | Path, guess: Callable[[dict], str | None]
-    ) -> tuple[Path, dict[str, torch.Tensor], str | None]:
-        path = resolve_weights_path(checkpoint)
-        state = read_state_dict(path)
-        return path, state, guess(state)
-
     def _check_fit(
         self, network: torch.nn.Module, state: dict, path: Path, name: str, guessed: str | None
     ) -> None:
@@ -298,9 +292,33 @@ class SegmentAnythingProposals(ProposalGenerator):
                 masks = torch.zeros((0, height, width), dtype=torch.bool, device=self.device)
         return Proposals(masks=masks, weights=kept_scores.clamp(min=1e-6))
 
-    # What each package provides.
     def _load(self, checkpoint: str | Path | None, model: str | None):
-        """(network with the checkpoint's weights or random ones, model name)."""
+        """(network with the checkpoint's weights, or seeded random ones without a checkpoint,
+        model name): model, else the model the checkpoint looks like, else default_model."""
+        path = state = guessed = None
+        if checkpoint is not None:
+            path = resolve_weights_path(checkpoint)
+            state = read_state_dict(path)
+            guessed = self._guess_model(state)
+        name = model or guessed or self.default_model
+        build = self._builder(name)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            network = build()
+        if state is not None:
+            self._check_fit(network, state, path, name, guessed)
+        return network, name
+
+    # What each package provides.
+    default_model = ""
+
+    def _guess_model(self, state: dict[str, torch.Tensor]) -> str | None:
+        """The model a checkpoint's state dict is for; None if it cannot tell."""
+        raise NotImplementedError
+
+    def _builder(self, name: str) -> Callable[[], torch.nn.Module]:
+        """A function that builds model `name` (random weights, on the CPU); ValueError for a
+        name the package does not know."""
         raise NotImplementedError
 
     def _predictor(self, network: torch.nn.Module):
@@ -354,20 +372,16 @@ class SamProposalGenerator(SegmentAnythingProposals):
     package = "segment-anything"
     module = "segment_anything"
 
-    def _load(self, checkpoint: str | Path | None, model: str | None):
+    default_model = DEFAULT_SAM_MODEL
+
+    def _guess_model(self, state: dict[str, torch.Tensor]) -> str | None:
+        return guess_sam_model(state)
+
+    def _builder(self, name: str) -> Callable[[], torch.nn.Module]:
         segment_anything = import_extra("segment_anything", "sam", self.package)
-        path = state = guessed = None
-        if checkpoint is not None:
-            path, state, guessed = self._read_checkpoint(checkpoint, guess_sam_model)
-        name = model or guessed or DEFAULT_SAM_MODEL
         if name not in SAM_MODELS:
             raise ValueError(f"unknown sam model {name!r}; known: {', '.join(SAM_MODELS)}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            network = segment_anything.sam_model_registry[name]()
-        if state is not None:
-            self._check_fit(network, state, path, name, guessed)
-        return network, name
+        return segment_anything.sam_model_registry[name]
 
     def _predictor(self, network: torch.nn.Module):
         from segment_anything import SamPredictor
@@ -414,12 +428,13 @@ class Sam2ProposalGenerator(SegmentAnythingProposals):
     package = "sam2"
     module = "sam2"
 
-    def _load(self, checkpoint: str | Path | None, model: str | None):
+    default_model = DEFAULT_SAM2_MODEL
+
+    def _guess_model(self, state: dict[str, torch.Tensor]) -> str | None:
+        return guess_sam2_model(state)
+
+    def _builder(self, name: str) -> Callable[[], torch.nn.Module]:
         build_sam = import_extra("sam2.build_sam", "sam2", self.package)
-        path = state = guessed = None
-        if checkpoint is not None:
-            path, state, guessed = self._read_checkpoint(checkpoint, guess_sam2_model)
-        name = model or guessed or DEFAULT_SAM2_MODEL
         config = SAM2_CONFIGS.get(name, name if name.endswith(".yaml") else None)
         if config is None:
             names = ", ".join(n for n in SAM2_CONFIGS if n.count("_") == 1 and n[0] == "h")
@@ -427,17 +442,14 @@ class Sam2ProposalGenerator(SegmentAnythingProposals):
                 f"unknown sam2 model {name!r}; known: {names}, their sam2.1_/sam2_ forms, or a "
                 "config file of the sam2 package such as configs/sam2.1/sam2.1_hiera_t.yaml"
             )
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                network = build_sam.build_sam2(
-                    config, None, device="cpu", apply_postprocessing=False
-                )
-        except Exception as exc:  # noqa: BLE001 - hydra's errors: a config that is not there
-            raise ValueError(f"sam2 model {name!r}: cannot build {config}: {exc}") from exc
-        if state is not None:
-            self._check_fit(network, state, path, name, guessed)
-        return network, name
+
+        def build() -> torch.nn.Module:
+            try:
+                return build_sam.build_sam2(config, None, device="cpu", apply_postprocessing=False)
+            except Exception as exc:  # noqa: BLE001 - hydra's errors: a config that is not there
+                raise ValueError(f"sam2 model {name!r}: cannot build {config}: {exc}") from exc
+
+        return build
 
     def _predictor(self, network: torch.nn.Module):
         from sam2.sam2_image_predictor import SAM2ImagePredictor
