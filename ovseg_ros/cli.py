@@ -32,9 +32,9 @@ from ovseg_ros.engine.options import (
     DEVICES,
     PRECISIONS,
     PROPOSAL_GENERATORS,
-    SAM_GENERATORS,
     TINY_MODEL,
     TRAINING_FREE_GENERATORS,
+    check_proposal_model,
 )
 
 if TYPE_CHECKING:
@@ -473,11 +473,7 @@ def run_bench(args: argparse.Namespace) -> int:
     """`ovseg bench`: prints the table and writes bench.json / bench.md."""
     from ovseg_ros import benchmark
 
-    if args.proposal_model and args.proposal_generator not in SAM_GENERATORS:
-        raise ValueError(
-            f"proposal generator {args.proposal_generator!r} takes no proposal model (only "
-            f"{' and '.join(SAM_GENERATORS)} do)"
-        )
+    check_proposal_model(args.proposal_generator, args.proposal_model)
     if args.node and args.proposal_generator not in TRAINING_FREE_GENERATORS:
         raise ValueError(
             f"--node times the node with a training-free generator only "

@@ -29,6 +29,15 @@ weights)."""
 SAM_GENERATORS = ("sam", "sam2")
 """The generators that take a proposal model."""
 
+
+def check_proposal_model(generator: str, model: str | None) -> None:
+    """ValueError when a proposal model is given for a generator that takes none."""
+    if model and generator not in SAM_GENERATORS:
+        raise ValueError(
+            f"proposal generator {generator!r} takes no proposal model (only "
+            f"{' and '.join(SAM_GENERATORS)} do)"
+        )
+
 DEFAULT_CLASSIFIER = "crop"
 DEFAULT_MASK_THRESHOLD = 0.5
 DEFAULT_MIN_PROPOSAL_AREA = 16

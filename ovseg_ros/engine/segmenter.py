@@ -30,6 +30,7 @@ from ovseg_ros.engine.options import (
     DEFAULT_MIN_PROPOSAL_AREA,
     DEFAULT_UNLABELED_THRESHOLD,
     SAM_GENERATORS,
+    check_proposal_model,
 )
 from ovseg_ros.engine.proposals import (
     DEFAULT_PROPOSAL_GENERATOR,
@@ -472,11 +473,7 @@ def build_segmenter(
     "sam" / "sam2" need proposal_checkpoint and take proposal_model, their model type (None or
     "": read from the checkpoint); they run on CLIP's device.
     """
-    if proposal_model and proposal_generator not in SAM_GENERATORS:
-        raise ValueError(
-            f"proposal generator {proposal_generator!r} takes no proposal model (only "
-            f"{' and '.join(SAM_GENERATORS)} do)"
-        )
+    check_proposal_model(proposal_generator, proposal_model)
     clip = load_clip(
         model,
         pretrained=pretrained,
