@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import torch
 
@@ -24,7 +23,7 @@ from ovseg_ros.engine.proposal_metrics import (
     best_iou_per_instance,
 )
 from ovseg_ros.engine.proposals import ProposalGenerator, Proposals
-from ovseg_ros.engine.segmenter import TwoStageSegmenter, check_image, processing_size
+from ovseg_ros.engine.segmenter import TwoStageSegmenter, check_image, downscale
 from ovseg_ros.engine.vocabulary import EncodedVocabulary
 
 __all__ = [
@@ -140,15 +139,12 @@ def evaluate_proposals(
         segmenter = proposer
 
         def propose(image: np.ndarray) -> Proposals:
-            return segmenter.proposals(segmenter.processing_image(image), vocabulary)
+            return segmenter.propose(image, vocabulary)
     else:
         generator = proposer
 
         def propose(image: np.ndarray) -> Proposals:
-            height, width = processing_size(*image.shape[:2], max_image_side)
-            if (height, width) != image.shape[:2]:
-                image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-            return generator(image, vocabulary)
+            return generator(downscale(image, max_image_side), vocabulary)
 
     stats = ProposalStats()
     for done, sample in enumerate(samples, start=1):

@@ -38,6 +38,7 @@ def check_proposal_model(generator: str, model: str | None) -> None:
             f"{' and '.join(SAM_GENERATORS)} do)"
         )
 
+
 DEFAULT_CLASSIFIER = "crop"
 DEFAULT_MASK_THRESHOLD = 0.5
 DEFAULT_MIN_PROPOSAL_AREA = 16

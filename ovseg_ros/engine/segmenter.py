@@ -94,6 +94,15 @@ def processing_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
+    """image (H, W, 3) -> itself, or resized with cv2.INTER_AREA to processing_size(H, W,
+    max_side) when that is smaller."""
+    height, width = processing_size(*image.shape[:2], max_side)
+    if (height, width) == image.shape[:2]:
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
 def check_image(image: object) -> np.ndarray:
     """Returns `image` if it is an (H, W, 3) uint8 array with H, W >= 1, else raises ValueError
     saying what is wrong and how to convert. Float images are refused (their range, [0, 1] or
@@ -280,9 +289,9 @@ class TwoStageSegmenter:
         self.classifier = CropClassifier(clip)
         self.dense = DenseFeatureExtractor(clip)
 
-    def _check_inputs(self, image: np.ndarray, vocabulary: EncodedVocabulary) -> None:
+    def _check_inputs(self, image: np.ndarray, vocabulary: EncodedVocabulary | None) -> None:
         check_image(image)
-        if vocabulary.text_embeddings.shape[1] != self.clip.embed_dim:
+        if vocabulary is not None and vocabulary.text_embeddings.shape[1] != self.clip.embed_dim:
             raise ValueError(
                 f"the vocabulary's text embeddings have {vocabulary.text_embeddings.shape[1]} "
                 f"dimensions but {self.clip.name} embeds into {self.clip.embed_dim}; encode it "
@@ -291,16 +300,14 @@ class TwoStageSegmenter:
 
     def processing_image(self, image: np.ndarray) -> np.ndarray:
         """image (H, W, 3) uint8 RGB -> the image both stages see: image itself, or downscaled
-        with cv2.INTER_AREA to processing_size(H, W, config.max_image_side)."""
-        height, width = processing_size(*image.shape[:2], self.config.max_image_side)
-        if (height, width) == image.shape[:2]:
-            return image
-        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        with cv2.INTER_AREA to processing_size(H, W, config.max_image_side) (downscale)."""
+        return downscale(image, self.config.max_image_side)
 
-    def propose(self, image: np.ndarray, vocabulary: EncodedVocabulary) -> Proposals:
+    def propose(self, image: np.ndarray, vocabulary: EncodedVocabulary | None = None) -> Proposals:
         """Stage 1 alone: image (H, W, 3) uint8 RGB -> the mask proposals of its processing
         image (processing_image), for a later segment(image, vocabulary, proposals) with the same
-        image (e.g. on another thread, as the node's pipeline)."""
+        image (e.g. on another thread, as the node's pipeline). vocabulary: for generators that
+        score their masks; None for class-agnostic masks alone."""
         self._check_inputs(image, vocabulary)
         processed = self.processing_image(image)
         return self.proposals(self._stage_one_input(processed), vocabulary)
