@@ -159,7 +159,7 @@ def test_folder_instances_8_and_16_bit(tmp_path):
     sixteen = np.array([[0, 1000, 1000, 0], [0, 0, 0, 0], [65535, 0, 0, 7]], dtype=np.uint16)
     write_instances(tmp_path, {"a": eight, "b": sixteen})
     dataset = FolderDataset(tmp_path)
-    assert dataset.has_labels
+    assert dataset.labels is not None
     first, second = dataset[0], dataset[1]
     assert first.instances.dtype == np.int32 and first.label is not None
     expected = eight.astype(np.int32)
@@ -201,7 +201,7 @@ def test_folder_of_images_and_instances_only(tmp_path):
     with pytest.raises(DatasetError, match="dataset folder not found"):
         FolderDataset(tmp_path)  # labels expected unless label_dir=None
     dataset = FolderDataset(tmp_path, label_dir=None)
-    assert dataset.class_names == [] and not dataset.has_labels
+    assert dataset.class_names == [] and dataset.labels is None
     sample = dataset[0]
     assert sample.label is None and sample.instances[0, 1] == 1
     (tmp_path / "instances" / "a.png").unlink()

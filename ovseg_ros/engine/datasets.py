@@ -230,11 +230,6 @@ class FolderDataset:
                 if not instances.is_file():
                     raise DatasetError(f"no instance map for image {image}: expected {instances}")
 
-    @property
-    def has_labels(self) -> bool:
-        """False for a folder of images and instances only (proposal figures only)."""
-        return self.labels is not None
-
     def __len__(self) -> int:
         return len(self.images)
 
@@ -290,26 +285,32 @@ def _read_image(path: Path) -> np.ndarray:
     return np.asarray(_open(path, "image").convert("RGB"))
 
 
+SINGLE_CHANNEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+"""PIL modes of the single-channel PNGs read as label and instance maps (8 bit, palette, 16 bit)."""
+
+
+def _read_single_channel(path: Path, kind: str, holding: str) -> tuple[str, np.ndarray]:
+    """A single-channel PNG -> (its PIL mode, (H, W) values; palette PNGs give their indices),
+    or DatasetError naming the file, what kind of map it is and what its values hold."""
+    image = _open(path, kind)
+    if image.mode not in SINGLE_CHANNEL_MODES:
+        raise DatasetError(
+            f"{kind} {path} has mode {image.mode}; a single-channel ({holding}) PNG is needed"
+        )
+    return image.mode, np.asarray(image)
+
+
 def _read_label(path: Path) -> np.ndarray:
     """A single-channel label PNG -> (H, W) int64; palette PNGs give their indices."""
-    image = _open(path, "label")
-    if image.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-        raise DatasetError(
-            f"label {path} has mode {image.mode}; a single-channel (class index) PNG is needed"
-        )
-    return np.asarray(image).astype(np.int64)
+    return _read_single_channel(path, "label", "class index")[1].astype(np.int64)
 
 
 def _read_instances(path: Path) -> np.ndarray:
     """A single-channel instance PNG -> (H, W) int32: 0 = no object, k = object k; in 8-bit
     (and palette) files 255 becomes VOID_INSTANCE."""
-    image = _open(path, "instance map")
-    if image.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-        raise DatasetError(
-            f"instance map {path} has mode {image.mode}; a single-channel (object id) PNG is needed"
-        )
-    instances = np.asarray(image).astype(np.int32)
-    if image.mode in ("L", "P"):
+    mode, values = _read_single_channel(path, "instance map", "object id")
+    instances = values.astype(np.int32)
+    if mode in ("L", "P"):
         instances[instances == 255] = VOID_INSTANCE
     elif instances.min(initial=0) < 0:
         raise DatasetError(f"instance map {path} has negative object ids")
