@@ -342,9 +342,7 @@ def _layout(
         # Keep it only if every object (earlier ones and itself) stays visible enough, and it
         # does not touch an object cut from the same photo (the two would read as one region).
         trial = np.where(mask, len(objects) + 1, instances)
-        visible = np.bincount(trial.ravel(), minlength=len(objects) + 2)[1:]
-        areas = [o.area for o in objects] + [area]
-        if any(v < toy_world.MIN_VISIBLE_FRACTION * a for v, a in zip(visible, areas, strict=True)):
+        if toy_world.hides_too_much(trial, [o.area for o in objects] + [area]):
             continue
         same = [o for o in objects if o.cut.photo == cut.photo]
         if same:

@@ -94,6 +94,13 @@ COLOR_RGB = {
 COLOR_JITTER = 12
 
 
+def hides_too_much(instances: np.ndarray, areas: list[int]) -> bool:
+    """True when some shape k of an instance map (H, W) int, k = 1..len(areas), shows less than
+    MIN_VISIBLE_FRACTION of its full area areas[k - 1] (pixels, before occlusion)."""
+    visible = np.bincount(instances.ravel(), minlength=len(areas) + 1)[1 : len(areas) + 1]
+    return bool((visible < MIN_VISIBLE_FRACTION * np.asarray(areas)).any())
+
+
 def shape_classes() -> list[str]:
     """Class names of the shape label space: ["background", *SHAPES]."""
     return [BACKGROUND, *SHAPES]
@@ -241,10 +248,7 @@ def generate_scene(seed: int, height: int = 240, width: int = 320) -> ToyScene:
         # Draw it only if it leaves enough of every earlier shape visible and does not touch a
         # shape of its own color (the two would look like one region).
         trial = np.where(mask, len(shapes) + 1, instances)
-        if any(
-            (trial == k + 1).sum() < MIN_VISIBLE_FRACTION * full.sum()
-            for k, full in enumerate([*full_masks, mask])
-        ):
+        if hides_too_much(trial, [int(full.sum()) for full in [*full_masks, mask]]):
             continue
         near = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
         if any(
