@@ -409,10 +409,11 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
         )
     host_waits = None
     if settings.profile:
-        proposals = segmenter.propose(rgb, vocabulary)
+        proposed: list[Proposals] = []
+        stage_1 = count_host_waits(lambda: proposed.append(segmenter.propose(rgb, vocabulary)))
         host_waits = {
-            "stage 1": count_host_waits(lambda: segmenter.propose(rgb, vocabulary)),
-            "stage 2": count_host_waits(lambda: segmenter.segment(rgb, vocabulary, proposals)),
+            "stage 1": stage_1,
+            "stage 2": count_host_waits(lambda: segmenter.segment(rgb, vocabulary, proposed[0])),
         }
     return BenchResult(
         settings=settings,
