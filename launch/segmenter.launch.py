@@ -1,8 +1,11 @@
-"""Launches ovseg_segmenter (one per camera) and, optionally, RViz2 showing each overlay.
+"""Launches ovseg_segmenter (one node for every camera, or one per camera) and, optionally, RViz2
+showing each camera's overlay and, with depth, its points.
 
 ros2 launch ovseg_ros segmenter.launch.py image:=/camera/color/image_raw
+ros2 launch ovseg_ros segmenter.launch.py depth:=/camera/aligned_depth_to_color/image_raw rviz:=true
 ros2 launch ovseg_ros segmenter.launch.py namespace:=robot1 rviz:=true
-ros2 launch ovseg_ros segmenter.launch.py cameras:=front:/front/image_raw,rear:/rear/image_raw
+ros2 launch ovseg_ros segmenter.launch.py cameras:=front:/front/image:/front/depth,rear:/rear/image
+ros2 launch ovseg_ros segmenter.launch.py camera_processes:=each cameras:=a:/a/image,b:/b/image
 ros2 launch ovseg_ros segmenter.launch.py model:=ViT-B-16 pretrained:=openai device:=cuda
 
 Thin wiring only: ovseg_ros.launch_plan decides what starts (and is tested without `launch`).

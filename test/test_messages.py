@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import serialize_message
 from ros_helpers import spin_until
 from std_msgs.msg import Header
 
+from ovseg_ros.engine.geometry import SegmentGeometry
 from ovseg_ros.engine.segmentation import UNLABELED, Segment, Segmentation
 from ovseg_ros.msg import Segment as SegmentMsg
 from ovseg_ros.msg import SegmentationResult, Vocabulary
@@ -23,6 +27,7 @@ def test_messages_have_documented_fields():
         "class_names",
         "labels",
         "segments",
+        "has_depth",
     }
     assert SegmentMsg.get_fields_and_field_types() == {
         "class_id": "uint16",
@@ -31,12 +36,18 @@ def test_messages_have_documented_fields():
         "roi": "sensor_msgs/RegionOfInterest",
         "mask": "sensor_msgs/Image",
         "area": "uint32",
+        "has_3d": "boolean",
+        "centroid": "geometry_msgs/Point",
+        "box_min": "geometry_msgs/Point",
+        "box_max": "geometry_msgs/Point",
+        "valid_points": "uint32",
     }
     assert Vocabulary.get_fields_and_field_types()["colors"] == "sequence<std_msgs/ColorRGBA>"
 
 
 def _three_segment_result() -> SegmentationResult:
-    """A 480x640 label image with three rectangles of classes 0, 2, 1 on an unlabeled field."""
+    """A 480x640 label image with three rectangles of classes 0, 2, 1 on an unlabeled field;
+    depth came with it, and the door (class 2) has 3D."""
     labels = np.full((480, 640), UNLABELED, dtype=np.uint16)
     boxes = [(0, (10, 20, 100, 50)), (2, (300, 200, 40, 120)), (1, (600, 400, 40, 80))]
     segments = []
@@ -55,12 +66,19 @@ def _three_segment_result() -> SegmentationResult:
                 int(mask.sum()),
             )
         )
+    segments[1].geometry = SegmentGeometry(
+        centroid=np.array([0.5, -0.25, 3.0], np.float32),
+        box_min=np.array([0.25, -1.0, 2.75], np.float32),
+        box_max=np.array([0.75, 0.5, 3.25], np.float32),
+        points=4000,
+    )
     segmentation = Segmentation(
         labels=labels,
         scores=np.zeros((480, 640), np.float32),
         class_names=["chair", "floor", "door"],
         vocabulary_version=7,
         segments=segments,
+        has_depth=True,
     )
     header = Header(frame_id="camera_color_optical_frame")
     header.stamp.sec, header.stamp.nanosec = 1234, 567
@@ -83,7 +101,8 @@ def test_segmentation_result_crosses_dds_unchanged(ros_context):
     assert spin_until(executor, lambda: len(received) > 0)
 
     got = received[0]
-    assert got == sent
+    # Segments without 3D carry NaN points, and NaN != NaN: compare the serialized bytes.
+    assert serialize_message(got) == serialize_message(sent)
     assert (got.header.stamp.sec, got.header.stamp.nanosec) == (1234, 567)
     assert got.labels.encoding == "mono16" and (got.labels.height, got.labels.width) == (480, 640)
     labels = np.frombuffer(bytes(got.labels.data), np.uint16).reshape(480, 640)
@@ -93,5 +112,11 @@ def test_segmentation_result_crosses_dds_unchanged(ros_context):
     assert [s.area for s in got.segments] == [4999, 4799, 3199]
     mask = np.frombuffer(bytes(got.segments[1].mask.data), np.uint8).reshape(120, 40)
     assert mask[0, 0] == 0 and mask[1, 1] == 255 and (mask == 255).sum() == 4799
+    assert got.has_depth and [s.has_3d for s in got.segments] == [False, True, False]
+    door = got.segments[1]
+    assert door.valid_points == 4000 and (door.centroid.x, door.centroid.z) == (0.5, 3.0)
+    assert (door.box_min.y, door.box_max.y) == (-1.0, 0.5)
+    chair = got.segments[0]
+    assert chair.valid_points == 0 and math.isnan(chair.centroid.x) and math.isnan(chair.box_max.z)
     publisher_node.destroy_node()
     subscriber_node.destroy_node()

@@ -307,6 +307,35 @@ def test_stage_one_run_apart_gives_the_same_result(clip, encoder, classifier):
         segmenter.propose(_image().astype(np.float32), vocabulary)
 
 
+@pytest.mark.parametrize("classifier", ["crop", "dense"])
+def test_a_batch_of_cameras_segments_each_frame_as_alone(clip, encoder, classifier):
+    """Frames of several cameras (two of one size, one of another, one given its proposals)
+    in one segment_batch: each result equals segment() of that frame alone."""
+    vocabulary = encoder.encode(["circle", "square", "background"], "single")
+    segmenter = TwoStageSegmenter(
+        clip, build_proposal_generator("superpixel"), SegmenterConfig(classifier=classifier)
+    )
+    rng = np.random.default_rng(3)
+    images = [
+        rng.integers(0, 256, shape, dtype=np.uint8)
+        for shape in ((24, 32, 3), (24, 32, 3), (30, 20, 3))
+    ]
+    given = [None, segmenter.propose(images[1], vocabulary), None]
+    batch = segmenter.segment_batch(images, vocabulary, given)
+    assert len(batch) == 3
+    for image, result in zip(images, batch, strict=True):
+        alone = segmenter.segment(image, vocabulary)
+        assert result.labels.shape == image.shape[:2]
+        np.testing.assert_array_equal(result.labels, alone.labels)
+        np.testing.assert_allclose(result.scores, alone.scores, atol=1e-5)
+    assert list(batch[0].timings_ms) == STAGES
+    assert list(batch[1].timings_ms) == STAGES[1:]
+    assert batch[0].timings_ms["clip_image"] == batch[1].timings_ms["clip_image"]
+    with pytest.raises(ValueError, match="2 images but 1 proposal"):
+        segmenter.segment_batch(images[:2], vocabulary, [None])
+    assert segmenter.segment_batch([], vocabulary) == []
+
+
 def test_pipeline_thread_settings_leave_stage_one_a_core_and_apply_and_restore():
     assert pipeline_thread_settings(ThreadSettings(4, 0.005)) == ThreadSettings(
         3, PIPELINE_SWITCH_INTERVAL_S

@@ -140,7 +140,9 @@ def _labels_of(msg: Image) -> np.ndarray:
 
 def test_image_yields_labels_result_overlay_with_its_header(harness):
     harness.subscribe_overlay()
-    assert harness.spin_until(lambda: harness.segmenter.overlay_pub.get_subscription_count() > 0)
+    assert harness.spin_until(
+        lambda: harness.segmenter.cameras[0].overlay_pub.get_subscription_count() > 0
+    )
     rgb, msg = _scene_image(1_000_001, stamp_sec=42, frame_id="camera_optical")
     harness.image_pub.publish(msg)
     assert harness.spin_until(lambda: harness.results and harness.labels and harness.overlays)
@@ -297,7 +299,7 @@ def test_burst_of_100_frames_leaves_no_backlog(reliable_harness):
         harness.image_pub.publish(msg)
     harness.wait_quiet()
     stats = harness.segmenter.stats
-    assert harness.segmenter._pending is None
+    assert harness.segmenter.cameras[0].pending is None
     # Each frame that reached the node was processed or replaced by a newer one: no queue.
     assert stats.processed + stats.replaced == stats.received
     assert stats.processed < 60 and len(harness.results) == stats.processed
@@ -320,16 +322,17 @@ def test_pipelined_node_pairs_each_result_with_its_own_frame(ros_context):
             images[index + 1], msg = _scene_image(1_000_020 + index, stamp_sec=index + 1)
             h.image_pub.publish(msg)
             h.spin_until(lambda: False, timeout_s=0.1)
-        stats = h.segmenter.stats
 
         def idle() -> bool:
             """The newest frame is published, every other one published, replaced or skipped."""
+            stats = h.segmenter.stats  # a snapshot: the cameras' counters added up
             done = stats.processed + stats.replaced + stats.invalid == stats.received
             newest = bool(h.results) and h.results[-1].header.stamp.sec == 10
             return done and newest and len(h.results) == stats.processed
 
         # Generous: on 2 cores the two workers contend with CLIP's threads (see README).
         assert h.spin_until(idle, timeout_s=60.0)
+        stats = h.segmenter.stats
         assert stats.invalid == 1 and stats.processed >= 2
         vocabulary = h.segmenter.vocabulary
         for result in h.results:
@@ -346,7 +349,9 @@ def test_overlay_not_rendered_without_subscriber(harness):
     assert harness.spin_until(lambda: len(harness.results) > 0)
     assert harness.segmenter.stats.overlays == 0
     harness.subscribe_overlay()
-    assert harness.spin_until(lambda: harness.segmenter.overlay_pub.get_subscription_count() > 0)
+    assert harness.spin_until(
+        lambda: harness.segmenter.cameras[0].overlay_pub.get_subscription_count() > 0
+    )
     harness.image_pub.publish(msg)
     assert harness.spin_until(lambda: len(harness.overlays) > 0)
     assert harness.segmenter.stats.overlays == 1
@@ -512,7 +517,9 @@ def test_large_frames_are_processed_smaller_and_answered_at_full_size(harness):
     import cv2
 
     harness.subscribe_overlay()
-    assert harness.spin_until(lambda: harness.segmenter.overlay_pub.get_subscription_count() > 0)
+    assert harness.spin_until(
+        lambda: harness.segmenter.cameras[0].overlay_pub.get_subscription_count() > 0
+    )
     assert harness.set_parameters(max_image_side=320)[0].successful
     scene = toy_world.generate_scene(1_000_032)
     big = cv2.resize(scene.image, (1280, 960), interpolation=cv2.INTER_NEAREST)

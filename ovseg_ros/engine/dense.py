@@ -130,31 +130,50 @@ class DenseFeatureExtractor:
         self.clip = clip
         self.config = config or DenseConfig()
 
+    def patch_grid(self, height: int, width: int) -> tuple[int, int]:
+        """(gh, gw) patch grid an image of height x width pixels is resized to: min(gh, gw) =
+        short_side_patches, the aspect ratio kept."""
+        scale = self.config.short_side_patches / min(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
     def frame_tokens(
         self, image: np.ndarray | torch.Tensor
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """image: (H, W, 3) uint8 RGB (array, or tensor on any device) -> (tokens entering the
         first masked block: (1, 1 + gh * gw, W), (gh, gw) the patch grid, min(gh, gw) =
         short_side_patches)."""
+        grid = self.patch_grid(*image.shape[:2])
+        return self.batch_frame_tokens([image], grid), grid
+
+    def batch_frame_tokens(
+        self, images: list[np.ndarray | torch.Tensor], grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """B images (H_i, W_i, 3) uint8 RGB, each resized to the patch grid `grid` (gh, gw) ->
+        (B, 1 + gh * gw, W) tokens entering the first masked block, in one forward."""
         check_dense_support(self.clip)
         visual = self.clip.model.visual
-        height, width = image.shape[:2]
         patch_h, patch_w = visual.patch_size
-        scale = self.config.short_side_patches / min(height, width)
-        grid = (max(1, round(height * scale)), max(1, round(width * scale)))
-        frame = normalize_image(image, self.clip.mean, self.clip.std, self.clip.device)
-        frame = F.interpolate(
-            frame[None], (grid[0] * patch_h, grid[1] * patch_w), mode="bicubic", align_corners=False
+        size = (grid[0] * patch_h, grid[1] * patch_w)
+        frames = torch.stack(
+            [
+                F.interpolate(
+                    normalize_image(image, self.clip.mean, self.clip.std, self.clip.device)[None],
+                    size,
+                    mode="bicubic",
+                    align_corners=False,
+                )[0]
+                for image in images
+            ]
         ).to(self.clip.image_input_dtype)
         with self.clip.autocast():
-            x = visual.conv1(frame).flatten(2).transpose(1, 2)
-            cls = visual.class_embedding.to(x.dtype).expand(1, 1, -1)
+            x = visual.conv1(frames).flatten(2).transpose(1, 2)
+            cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
             x = torch.cat([cls, x], dim=1)
             x = x + resized_positional_embedding(visual, grid).to(x.dtype)
             x = visual.ln_pre(x)
             for block in visual.transformer.resblocks[: self.first_masked_block()]:
                 x = block(x)
-        return x, grid
+        return x
 
     def first_masked_block(self) -> int:
         """Index of the first block the masks' class tokens run through; the blocks before it
@@ -166,19 +185,28 @@ class DenseFeatureExtractor:
         (N, D) float32 unit-norm embeddings: the masked blocks (one class token per mask, the
         frame's patch tokens through every masked block but the last), the final norm and the
         projection. Differentiable."""
+        return self.batch_share_embeddings(tokens, [shares])[0]
+
+    def batch_share_embeddings(
+        self, tokens: torch.Tensor, shares: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """share_embeddings of B frames at once: tokens (B, 1 + P, W) from batch_frame_tokens,
+        shares[b] (N_b, gh, gw) -> B tensors (N_b, D); the frames' tokens run through the masked
+        blocks in one forward per block."""
         visual = self.clip.model.visual
-        if shares.shape[0] == 0:
-            return torch.zeros((0, self.clip.embed_dim), device=self.clip.device)
         masked = visual.transformer.resblocks[self.first_masked_block() :]
-        weights = shares.flatten(1).to(tokens.device)
+        weights = [share.flatten(1).to(tokens.device) for share in shares]
         with self.clip.autocast():
-            class_tokens = tokens[0, :1].expand(weights.shape[0], -1)
+            class_tokens = [tokens[b, :1].expand(w.shape[0], -1) for b, w in enumerate(weights)]
             for index, block in enumerate(masked):
-                class_tokens = mask_attention_class_tokens(block, tokens, class_tokens, weights)
+                class_tokens = [
+                    mask_attention_class_tokens(block, tokens[b : b + 1], own, w)
+                    for b, (own, w) in enumerate(zip(class_tokens, weights, strict=True))
+                ]
                 if index < len(masked) - 1:
                     tokens = block(tokens)
-            embeddings = visual.ln_post(class_tokens) @ visual.proj
-        return F.normalize(embeddings.float(), dim=-1)
+            embeddings = [visual.ln_post(own) @ visual.proj for own in class_tokens]
+        return [F.normalize(e.float(), dim=-1) for e in embeddings]
 
     @torch.inference_mode()
     def mask_embeddings(
@@ -186,5 +214,23 @@ class DenseFeatureExtractor:
     ) -> torch.Tensor:
         """image: (H, W, 3) uint8 RGB (array or tensor); masks: (N, H, W) bool or float in
         [0, 1], none empty -> (N, D) float32 unit-norm embeddings."""
-        tokens, grid = self.frame_tokens(image)
-        return self.share_embeddings(tokens, patch_shares(masks.to(tokens.device), grid))
+        return self.batch_mask_embeddings([image], [masks])[0]
+
+    @torch.inference_mode()
+    def batch_mask_embeddings(
+        self, images: list[np.ndarray | torch.Tensor], masks: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """mask_embeddings of several frames (e.g. several cameras' at once): images whose patch
+        grids agree share one forward through the tower. Returns one (N_i, D) tensor per image."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            groups.setdefault(self.patch_grid(*image.shape[:2]), []).append(index)
+        embeddings: list[torch.Tensor] = [torch.empty(0)] * len(images)
+        for grid, members in groups.items():
+            tokens = self.batch_frame_tokens([images[i] for i in members], grid)
+            shares = [patch_shares(masks[i].to(tokens.device), grid) for i in members]
+            for index, result in zip(
+                members, self.batch_share_embeddings(tokens, shares), strict=True
+            ):
+                embeddings[index] = result
+        return embeddings

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from ovseg_ros.engine.geometry import SegmentGeometry
 
 UNLABELED = 65535
 """Label value of pixels no class claims (uint16 maximum, as in SegmentationResult.UNLABELED)."""
@@ -16,7 +20,9 @@ class Segment:
     """A 4-connected region of the label map whose pixels share one class.
 
     box: (x, y, width, height) in image pixels; mask: (height, width) bool, box-sized;
-    score: mean probability of class_id over the region's pixels, in [0, 1].
+    score: mean probability of class_id over the region's pixels, in [0, 1];
+    geometry: the region's 3D from its pixels with valid depth, None when it has none (no depth
+    with the image, or no valid reading inside the region).
     """
 
     class_id: int
@@ -25,6 +31,7 @@ class Segment:
     box: tuple[int, int, int, int]
     mask: np.ndarray
     area: int
+    geometry: SegmentGeometry | None = None
 
 
 @dataclass
@@ -35,6 +42,8 @@ class Segmentation:
     scores: (H, W) float32, probability of the pixel's best class, in [0, 1].
     segments: connected regions of `labels`, largest first.
     timings_ms: wall time of each stage in milliseconds, in pipeline order.
+    has_depth: True when a depth image with camera intrinsics came with the image; each
+    segment's geometry then says whether it has valid depth. False: no segment has geometry.
     """
 
     labels: np.ndarray
@@ -43,6 +52,7 @@ class Segmentation:
     vocabulary_version: int
     segments: list[Segment]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    has_depth: bool = False
 
 
 def extract_segments(

@@ -269,6 +269,40 @@ def aggregate_scores(
     return both[0].astype(np.int64), both[1]
 
 
+class Stopwatch:
+    """Wall time of pipeline stages in milliseconds; on CUDA it waits for the device first, so
+    a stage's time includes its kernels."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.clock = time.perf_counter()
+
+    def start(self) -> None:
+        self.clock = time.perf_counter()
+
+    def lap(self, timings: dict[str, float], stage: str) -> None:
+        """timings[stage] = milliseconds since the last start() or lap()."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        timings[stage] = 1000.0 * (now - self.clock)
+        self.clock = now
+
+
+@dataclass
+class FrameWork:
+    """One image between the stages of segment_batch: the input image (H, W, 3) uint8, its
+    processing image on the device (h, w, 3) uint8, its proposals and their masks (N, h, w) on
+    the device, the indices (K,) of the masks stage 2 kept (set by stage 2) and its timings."""
+
+    image: np.ndarray
+    pixels: torch.Tensor
+    proposals: Proposals
+    masks: torch.Tensor
+    timings: dict[str, float]
+    kept: torch.Tensor | None = None
+
+
 class TwoStageSegmenter:
     """Open-vocabulary semantic segmentation: proposals, CLIP crop classification, aggregation.
 
@@ -342,48 +376,117 @@ class TwoStageSegmenter:
         of: resize (only when the image is downscaled), proposals (only when run here), crops,
         clip_image, aggregation (with the resize back to (H, W)), segments.
         """
-        self._check_inputs(image, vocabulary)
-        config = self.config
+        return self.segment_batch([image], vocabulary, [proposals])[0]
+
+    def segment_batch(
+        self,
+        images: list[np.ndarray],
+        vocabulary: EncodedVocabulary,
+        proposals: list[Proposals | None] | None = None,
+    ) -> list[Segmentation]:
+        """segment() of several images at once (e.g. one frame of each camera), one result per
+        image, each equal to segment(image) up to float rounding.
+
+        Stage 1 and the aggregation run per image; stage 2's CLIP forwards are shared: the crop
+        classifier embeds every image's crops in one sequence of batches of config.batch_size,
+        the dense one runs one frame forward per group of images of the same patch grid. The
+        shared clip_image time is in every result's timings_ms. proposals: one entry per image
+        (None: run stage 1 here), or None for all.
+        """
+        proposals = [None] * len(images) if proposals is None else list(proposals)
+        if len(proposals) != len(images):
+            raise ValueError(f"{len(images)} images but {len(proposals)} proposal entries")
+        if not images:
+            return []
+        for image in images:
+            self._check_inputs(image, vocabulary)
+        if self.config.classifier not in ("crop", "dense"):
+            raise ValueError(
+                f"classifier must be 'crop' or 'dense', got {self.config.classifier!r}"
+            )
+        clock = Stopwatch(self.clip.device)
+        frames = [self._stage_one(image, given, vocabulary, clock) for image, given in
+                  zip(images, proposals, strict=True)]  # fmt: skip
+        embeddings = self._embed(frames, clock)
+        return [
+            self._aggregate(frame, frame_embeddings, vocabulary, clock)
+            for frame, frame_embeddings in zip(frames, embeddings, strict=True)
+        ]
+
+    def _stage_one(
+        self,
+        image: np.ndarray,
+        proposals: Proposals | None,
+        vocabulary: EncodedVocabulary,
+        clock: Stopwatch,
+    ) -> FrameWork:
+        """The processing image on the device and its proposals (run here when None), with the
+        masks stage 2 classifies."""
         timings: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(stage: str) -> None:
-            nonlocal clock
-            if self.clip.device.type == "cuda":
-                torch.cuda.synchronize(self.clip.device)
-            now = time.perf_counter()
-            timings[stage] = 1000.0 * (now - clock)
-            clock = now
-
+        clock.start()
         processed = self.processing_image(image)
         if processed is not image:
-            lap("resize")
+            clock.lap(timings, "resize")
         pixels = self.upload(processed)
         if proposals is None:
             proposals = self.proposals(self._stage_one_input(processed, pixels), vocabulary)
-            lap("proposals")
+            clock.lap(timings, "proposals")
         elif tuple(proposals.masks.shape[1:]) != processed.shape[:2]:
             raise ValueError(
                 f"the proposals' masks are {tuple(proposals.masks.shape[1:])} but this "
                 f"{image.shape[0]}x{image.shape[1]} image is processed at {processed.shape[:2]} "
-                f"(max_image_side {config.max_image_side}); make them with propose(image, ...)"
+                f"(max_image_side {self.config.max_image_side}); make them with propose(image, ...)"
             )
-        masks = proposals.masks.to(self.clip.device)
-        if config.classifier == "dense":
-            binary, kept = usable_masks(masks, config.mask_threshold, config.min_proposal_area)
-            lap("crops")
-            embeddings = self.dense.mask_embeddings(pixels, binary)
-        elif config.classifier == "crop":
-            crops = self.classifier.make_crops(
-                pixels, masks, config.mask_threshold, config.min_proposal_area
-            )
-            kept = crops.kept
-            lap("crops")
-            embeddings = self.classifier.embed(crops.crops, config.batch_size)[crops.inverse]
-        else:
-            raise ValueError(f"classifier must be 'crop' or 'dense', got {config.classifier!r}")
-        lap("clip_image")
+        return FrameWork(image, pixels, proposals, proposals.masks.to(self.clip.device), timings)
 
+    def _embed(self, frames: list[FrameWork], clock: Stopwatch) -> list[torch.Tensor]:
+        """Sets each frame's kept masks (crops lap) and returns their CLIP embeddings, one
+        (K_i, D) tensor per frame (clip_image lap, shared)."""
+        config = self.config
+        if config.classifier == "dense":
+            binaries = []
+            for frame in frames:
+                clock.start()
+                binary, frame.kept = usable_masks(
+                    frame.masks, config.mask_threshold, config.min_proposal_area
+                )
+                binaries.append(binary)
+                clock.lap(frame.timings, "crops")
+            clock.start()
+            embeddings = self.dense.batch_mask_embeddings([f.pixels for f in frames], binaries)
+        else:
+            crops = []
+            for frame in frames:
+                clock.start()
+                crops.append(
+                    self.classifier.make_crops(
+                        frame.pixels, frame.masks, config.mask_threshold, config.min_proposal_area
+                    )
+                )
+                frame.kept = crops[-1].kept
+                clock.lap(frame.timings, "crops")
+            clock.start()
+            unique = self.classifier.embed(
+                torch.cat([c.crops for c in crops]), config.batch_size
+            ).split([len(c.crops) for c in crops])
+            embeddings = [e[c.inverse] for e, c in zip(unique, crops, strict=True)]
+        shared: dict[str, float] = {}
+        clock.lap(shared, "clip_image")
+        for frame in frames:
+            frame.timings.update(shared)
+        return embeddings
+
+    def _aggregate(
+        self,
+        frame: FrameWork,
+        embeddings: torch.Tensor,
+        vocabulary: EncodedVocabulary,
+        clock: Stopwatch,
+    ) -> Segmentation:
+        """Per-pixel labels of one frame from its masks' embeddings, and its segments."""
+        config = self.config
+        clock.start()
+        proposals, masks, kept = frame.proposals, frame.masks, frame.kept
         clip_probs = clip_probabilities(
             embeddings, vocabulary.text_embeddings.to(embeddings.device)
         )
@@ -404,19 +507,19 @@ class TwoStageSegmenter:
                 masks = masks[kept]
                 weights = None if weights is None else weights[kept]
         labels, scores = aggregate_scores(
-            probabilities, masks, weights, config.unlabeled_threshold, image.shape[:2]
+            probabilities, masks, weights, config.unlabeled_threshold, frame.image.shape[:2]
         )
-        lap("aggregation")
+        clock.lap(frame.timings, "aggregation")
         labels = labels.astype(np.uint16)
         segments = extract_segments(labels, scores, vocabulary.class_names, config.min_segment_area)
-        lap("segments")
+        clock.lap(frame.timings, "segments")
         return Segmentation(
             labels=labels,
             scores=scores,
             class_names=list(vocabulary.class_names),
             vocabulary_version=vocabulary.version,
             segments=segments,
-            timings_ms=timings,
+            timings_ms=frame.timings,
         )
 
 

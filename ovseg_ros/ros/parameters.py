@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
+from ovseg_ros.cameras import CAMERA_FORMAT, parse_cameras
 from ovseg_ros.engine.options import (
     CLASSIFIERS,
     DEFAULT_PROPOSAL_GENERATOR,
@@ -54,6 +55,11 @@ class SegmenterParameters:
     input_transport: str
     input_reliability: str
     input_depth: int
+    cameras: list[str]
+    use_depth: bool
+    depth_tolerance_s: float
+    max_depth_m: float
+    points_stride: int
 
 
 DEFAULTS = SegmenterParameters(
@@ -85,6 +91,11 @@ DEFAULTS = SegmenterParameters(
     input_transport="raw",
     input_reliability="best_effort",
     input_depth=1,
+    cameras=[],
+    use_depth=False,
+    depth_tolerance_s=0.02,
+    max_depth_m=10.0,
+    points_stride=2,
 )
 
 # Parameters that take effect without a restart; the rest are read-only once the node runs.
@@ -102,6 +113,9 @@ DYNAMIC = {
     "max_image_side",
     "max_input_pixels",
     "overlay_alpha",
+    "depth_tolerance_s",
+    "max_depth_m",
+    "points_stride",
 }
 
 
@@ -224,6 +238,31 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
         "Input QoS history depth.",
         {"integer_range": [IntegerRange(from_value=1, to_value=100, step=1)]},
     ),
+    "cameras": (
+        f"Several cameras served by this one node and model, each {CAMERA_FORMAT}; camera "
+        "NAMESPACE publishes under NAMESPACE/<node name>/. Empty: one camera on `image` "
+        "(and `depth`, `camera_info` with use_depth), publishing under ~/.",
+        {},
+    ),
+    "use_depth": (
+        "Without `cameras`: also subscribe to `depth` (16UC1 mm or 32FC1 m, registered to the "
+        "colour image) and `camera_info` (the colour camera's), for ~/points and per-segment 3D.",
+        {},
+    ),
+    "depth_tolerance_s": (
+        "Largest stamp difference between a colour frame and the depth image paired with it; "
+        "a frame without one is segmented in 2D only.",
+        {"floating_point_range": [FloatingPointRange(from_value=0.0, to_value=10.0, step=0.0)]},
+    ),
+    "max_depth_m": (
+        "Depth beyond this (metres) counts as invalid: left out of ~/points and segment 3D.",
+        {"floating_point_range": [FloatingPointRange(from_value=0.01, to_value=1000.0, step=0.0)]},
+    ),
+    "points_stride": (
+        "~/points takes every n-th depth pixel in both directions (bounds the point count); "
+        "segment 3D uses every pixel.",
+        {"integer_range": [IntegerRange(from_value=1, to_value=64, step=1)]},
+    ),
 }
 
 CHOICES = {
@@ -236,8 +275,16 @@ CHOICES = {
 }
 
 
-LIST_ITEMS = {"vocabulary": "names", "prompt_templates": "template set names or templates"}
+LIST_ITEMS = {
+    "vocabulary": "names",
+    "prompt_templates": "template set names or templates",
+    "cameras": f"cameras, each {CAMERA_FORMAT}",
+}
 """What the items of each list parameter are, for the wrong-type message."""
+
+
+EXAMPLES = {"cameras": ["front:/front/image_raw", "rear:/rear/image_raw"]}
+"""Example values of parameters whose default is no example (an empty list)."""
 
 
 def _example(value: object) -> str:
@@ -268,7 +315,7 @@ def check_value(name: str, value: object) -> object:
     `parameter vocabulary must be a list of names, e.g. "['person', 'chair']"`.
     """
     default = getattr(DEFAULTS, name)
-    example = f"e.g. {_example(default)}"
+    example = f"e.g. {_example(EXAMPLES.get(name, default))}"
     if value is None:  # NOT_SET: what `name:=[]` and an empty YAML value give
         if isinstance(default, list):
             return []
@@ -277,6 +324,11 @@ def check_value(name: str, value: object) -> object:
         items = list(value) if isinstance(value, list | tuple) else None
         if items is None or not all(isinstance(item, str) for item in items):
             raise ValueError(f"parameter {name} must be a list of {LIST_ITEMS[name]}, {example}")
+        if name == "cameras":
+            try:
+                parse_cameras(items)
+            except ValueError as exc:
+                raise ValueError(f"parameter cameras: {exc}") from exc
         return items
     if isinstance(default, bool):
         if not isinstance(value, bool):

@@ -1,21 +1,24 @@
-"""The `ovseg_segmenter` node: camera images in, labels, results and overlays out.
+"""The `ovseg_segmenter` node: camera images (and depth) in, labels, results, overlays and
+labelled point clouds out, for one camera or several served by one model.
 
 Wiring only: messages are converted here and the engine does the work. Frames are processed on a
-worker thread so the executor never waits on inference; only the newest frame is kept. With
-`pipeline`, a second worker runs stage 2 while the first decodes the next frame and proposes its
-masks; one prepared frame at most waits between them. Vocabulary
-changes are validated in the set-parameters callback and encoded on a second thread, then swapped
-in as one object, so every result carries the class names and version it was computed with.
+worker thread so the executor never waits on inference; only the newest frame of each camera is
+kept (camera.py). The frames of the cameras that are ready at the same time form one batch:
+stage 1 runs per frame, stage 2's CLIP forwards once for the batch (segment_batch). With
+`pipeline`, a second worker runs stage 2 while the first decodes the next batch and proposes its
+masks; one prepared batch at most waits between them. Vocabulary changes are validated in the
+set-parameters callback and encoded on a second thread, then swapped in as one object, so every
+result carries the class names and version it was computed with.
 """
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -33,18 +36,23 @@ from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from ovseg_ros.cameras import CameraTopics, parse_cameras
+from ovseg_ros.engine.geometry import labelled_points, segment_geometries
 from ovseg_ros.engine.prompts import resolve_templates
 from ovseg_ros.engine.proposals import Proposals
 from ovseg_ros.engine.render import class_colors, render_overlay
+from ovseg_ros.engine.segmentation import Segmentation
 from ovseg_ros.engine.segmenter import ThreadSettings, build_segmenter, enter_pipeline_threads
 from ovseg_ros.engine.vocabulary import EncodedVocabulary, VocabularyEncoder, validate_class_names
-from ovseg_ros.msg import SegmentationResult, Vocabulary
+from ovseg_ros.msg import Vocabulary
+from ovseg_ros.ros.camera import CameraStream, FrameStats
 from ovseg_ros.ros.conversions import (
     ImageConversionError,
     array_to_image,
     compressed_to_rgb,
     format_mismatch,
     image_to_rgb,
+    points_to_cloud,
     segmentation_to_msg,
     vocabulary_to_msg,
 )
@@ -53,30 +61,25 @@ from ovseg_ros.ros.runner import exit_now, run_node
 
 
 @dataclass
-class FrameStats:
-    """Counters since start: frames received, processed, dropped as stale, replaced by a newer
-    frame before processing, skipped because they could not be converted or segmented; overlays
-    rendered (only while ~/overlay has a subscriber)."""
+class PreparedFrame:
+    """A frame ready for stage 2: its camera, the message, its (H, W, 3) uint8 RGB pixels, its
+    stage-1 proposals (None: stage 2 runs stage 1 itself) and the milliseconds spent so far per
+    stage."""
 
-    received: int = 0
-    processed: int = 0
-    dropped_stale: int = 0
-    replaced: int = 0
-    invalid: int = 0
-    overlays: int = 0
+    camera: CameraStream
+    msg: Image | CompressedImage
+    rgb: np.ndarray
+    proposals: Proposals | None
+    timings_ms: dict[str, float]
 
 
 @dataclass
-class PreparedFrame:
-    """A frame ready for stage 2: the message, its (H, W, 3) uint8 RGB pixels, the vocabulary in
-    force when it was taken, its stage-1 proposals (None: stage 2 runs stage 1 itself) and the
-    milliseconds spent so far per stage."""
+class PreparedBatch:
+    """The frames of the cameras that were ready together, and the vocabulary in force when
+    they were taken."""
 
-    msg: Image | CompressedImage
-    rgb: np.ndarray
+    frames: list[PreparedFrame]
     vocabulary: EncodedVocabulary
-    proposals: Proposals | None
-    timings_ms: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -119,9 +122,10 @@ class SegmenterNode(Node):
     def __init__(self, **node_kwargs) -> None:
         # State that stop() and destroy_node() rely on comes first: a node whose start fails
         # (missing weights, a bad parameter) is still destroyed by rclpy's shutdown.
-        self.stats = FrameStats()
+        self.cameras: list[CameraStream] = []
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
+        """How many batches of each size stage 2 has run (frames of several cameras at once)."""
         self._frame_lock = threading.Condition()
-        self._pending: tuple[Image | CompressedImage, float] | None = None
         self._running = True
         self._workers: list[threading.Thread] = []
         self._threads_before: ThreadSettings | None = None
@@ -157,9 +161,6 @@ class SegmenterNode(Node):
             f"{len(self.vocabulary.class_names)} classes in {time.monotonic() - start:.1f} s"
         )
 
-        self.labels_pub = self.create_publisher(Image, "~/labels", 1)
-        self.overlay_pub = self.create_publisher(Image, "~/overlay", 1)
-        self.result_pub = self.create_publisher(SegmentationResult, "~/result", 1)
         latched = QoSProfile(
             depth=1,
             history=HistoryPolicy.KEEP_LAST,
@@ -168,22 +169,10 @@ class SegmenterNode(Node):
         )
         self.vocabulary_pub = self.create_publisher(Vocabulary, "~/vocabulary", latched)
         self._publish_vocabulary(self.vocabulary)
-
-        input_qos = QoSProfile(
-            depth=p.input_depth,
-            history=HistoryPolicy.KEEP_LAST,
-            durability=qos_profile_sensor_data.durability,
-            reliability=ReliabilityPolicy.RELIABLE
-            if p.input_reliability == "reliable"
-            else ReliabilityPolicy.BEST_EFFORT,
-        )
-        if p.input_transport == "compressed":
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, input_qos)
-        else:
-            self.create_subscription(Image, "image", self._on_image, input_qos)
+        self.cameras = self._make_cameras(p)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._prepared: queue.Queue[PreparedFrame] | None = None
+        self._prepared: queue.Queue[PreparedBatch] | None = None
         self._workers = [
             threading.Thread(target=self._process_frames, name="segmenter"),
             threading.Thread(
@@ -196,9 +185,7 @@ class SegmenterNode(Node):
             self._prepared = queue.Queue(maxsize=1)
             self._workers.append(
                 threading.Thread(
-                    target=self._serve,
-                    args=(self._prepared, partial(self._skip_on_error, self._finish)),
-                    name="stage2",
+                    target=self._serve, args=(self._prepared, self._finish), name="stage2"
                 )
             )
             self._threads_before = enter_pipeline_threads()
@@ -212,25 +199,40 @@ class SegmenterNode(Node):
             worker.daemon = True
             worker.start()
 
-    # --- input ------------------------------------------------------------------------------
-    def _on_image(self, msg: Image | CompressedImage) -> None:
-        """Keeps only the newest frame; the worker thread takes it from there."""
-        with self._frame_lock:
-            self.stats.received += 1
-            if self._pending is not None:
-                self.stats.replaced += 1
-            self._pending = (msg, time.monotonic())
-            self._frame_lock.notify()
+    def _make_cameras(self, p: SegmenterParameters) -> list[CameraStream]:
+        """The cameras of the `cameras` parameter, each publishing under NAMESPACE/<node name>;
+        without it, the node's own camera: `image` (and `depth`, `camera_info` with use_depth)
+        in, `~/...` out."""
+        input_qos = QoSProfile(
+            depth=p.input_depth,
+            history=HistoryPolicy.KEEP_LAST,
+            durability=qos_profile_sensor_data.durability,
+            reliability=ReliabilityPolicy.RELIABLE
+            if p.input_reliability == "reliable"
+            else ReliabilityPolicy.BEST_EFFORT,
+        )
+        compressed = p.input_transport == "compressed"
+        if not p.cameras:
+            depth = ("depth", "camera_info") if p.use_depth else ("", "")
+            topics = CameraTopics("", "image", *depth)
+            return [CameraStream(self, topics, "~", "", input_qos, compressed, self._frame_lock)]
+        return [
+            CameraStream(
+                self,
+                topics,
+                f"{topics.namespace}/{self.get_name()}",
+                topics.namespace,
+                input_qos,
+                compressed,
+                self._frame_lock,
+            )
+            for topics in parse_cameras(p.cameras, self.get_namespace())
+        ]
 
-    def _next_frame(self) -> Image | CompressedImage | None:
-        with self._frame_lock:
-            while self._running and self._pending is None:
-                self._frame_lock.wait(timeout=0.5)
-            if not self._running:
-                return None
-            msg, _ = self._pending
-            self._pending = None
-            return msg
+    @property
+    def stats(self) -> FrameStats:
+        """The counters of every camera added up."""
+        return sum((camera.stats for camera in self.cameras), FrameStats())
 
     def _frame_age_s(self, header: Header) -> float:
         stamp = Time.from_msg(header.stamp, clock_type=self.get_clock().clock_type)
@@ -239,41 +241,66 @@ class SegmenterNode(Node):
         return (self.get_clock().now() - stamp).nanoseconds * 1e-9
 
     # --- processing -------------------------------------------------------------------------
+    def _next_batch(self) -> list[tuple[CameraStream, Image | CompressedImage]] | None:
+        """Waits for frames and takes the newest of every camera whose max_rate_hz allows one
+        now; None once the node stops."""
+        with self._frame_lock:
+            while self._running:
+                now = time.monotonic()
+                rate = self.params.max_rate_hz
+                waiting = [c for c in self.cameras if c.pending is not None]
+                ready = [c for c in waiting if c.ready_at(rate) <= now]
+                if ready:
+                    return [(camera, camera.take()) for camera in ready]
+                soonest = min((c.ready_at(rate) for c in waiting), default=now + 0.5)
+                self._frame_lock.wait(timeout=min(max(soonest - now, 0.0), 0.5))
+            return None
+
     def _process_frames(self) -> None:
-        """First worker: takes the newest frame, drops it when stale, keeps max_rate_hz, then
-        segments it (or, with `pipeline`, runs stage 1 and hands it to the second worker)."""
-        last_start = 0.0
+        """First worker: takes a batch (_next_batch), drops stale frames, decodes the rest, then
+        segments them (or, with `pipeline`, runs stage 1 and hands them to the second
+        worker)."""
         while True:
-            msg = self._next_frame()
-            if msg is None:
+            taken = self._next_batch()
+            if taken is None:
                 return
-            p = self.params
-            if p.max_age_s > 0 and self._frame_age_s(msg.header) > p.max_age_s:
-                self.stats.dropped_stale += 1
-                self.get_logger().warning(
-                    f"dropped a frame older than max_age_s={p.max_age_s} "
-                    f"({self.stats.dropped_stale} so far)",
-                    throttle_duration_sec=5.0,
-                )
+            vocabulary = self.vocabulary
+            frames = []
+            for camera, msg in taken:
+                if self._is_stale(camera, msg):
+                    continue
+                frame = self._skip_on_error(camera, self._prepare, camera, msg, vocabulary)
+                if frame is not None:
+                    frames.append(frame)
+            if not frames:
                 continue
-            if p.max_rate_hz > 0:
-                wait = last_start + 1.0 / p.max_rate_hz - time.monotonic()
-                if wait > 0:
-                    with self._frame_lock:
-                        self._frame_lock.wait_for(lambda: not self._running, timeout=wait)
-            last_start = time.monotonic()
-            frame = self._skip_on_error(self._prepare, msg)
-            if frame is None:
-                continue
+            batch = PreparedBatch(frames, vocabulary)
             if self._prepared is None:
-                self._skip_on_error(self._finish, frame)
+                self._finish(batch)
             else:
-                self._hand_over(frame)
+                self._hand_over(batch)
+
+    def _is_stale(self, camera: CameraStream, msg: Image | CompressedImage) -> bool:
+        """Counts and logs a frame older than max_age_s."""
+        max_age = self.params.max_age_s
+        age = self._frame_age_s(msg.header)
+        if max_age <= 0 or age <= max_age:
+            return False
+        with self._frame_lock:
+            camera.stats.dropped_stale += 1
+        self.get_logger().warning(
+            camera.prefix(
+                f"dropped a frame {age:.1f} s old, older than max_age_s={max_age:g} "
+                f"({camera.stats.dropped_stale} so far)"
+            ),
+            throttle_duration_sec=5.0,
+        )
+        return True
 
     def _serve(self, items: queue.Queue, handle: Callable[[Any], object]) -> None:
         """A worker that hands each item of `items` to `handle`, in order, until the node
         stops: the vocabulary worker (accepted changes to _swap_vocabulary) and, with
-        `pipeline`, the second frame worker (prepared frames to stage 2 and publishing)."""
+        `pipeline`, the second frame worker (prepared batches to stage 2 and publishing)."""
         while self._running:
             try:
                 item = items.get(timeout=0.5)
@@ -281,31 +308,36 @@ class SegmenterNode(Node):
                 continue
             handle(item)
 
-    def _hand_over(self, frame: PreparedFrame) -> None:
-        """Waits until the second worker has room for `frame` (or the node stops)."""
+    def _hand_over(self, batch: PreparedBatch) -> None:
+        """Waits until the second worker has room for `batch` (or the node stops)."""
         while self._running:
             try:
-                self._prepared.put(frame, timeout=0.5)
+                self._prepared.put(batch, timeout=0.5)
                 return
             except queue.Full:
                 continue
 
-    def _skip_on_error(self, step: Callable[[Any], Any], arg: object) -> Any:
-        """step(arg), or None after counting and logging why the frame is skipped. Once the node
-        stops, a step that fails because the node's publishers are gone ends quietly."""
+    def _skip_on_error(self, camera: CameraStream, step: Callable[..., Any], *args: Any) -> Any:
+        """step(*args), or None after counting and logging why the camera's frame is skipped.
+        Once the node stops, a step that fails because the node's publishers are gone ends
+        quietly."""
         try:
-            return step(arg)
+            return step(*args)
         except ImageConversionError as exc:
-            self.get_logger().warning(f"skipped a frame: {exc}", throttle_duration_sec=2.0)
+            self.get_logger().warning(
+                camera.prefix(f"skipped a frame: {exc}"), throttle_duration_sec=2.0
+            )
         except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the node
             if not self._running or not self.context.ok():
                 return None
-            self.get_logger().error(f"segmentation failed, frame skipped: {exc!r}")
+            self.get_logger().error(camera.prefix(f"segmentation failed, frame skipped: {exc!r}"))
         with self._frame_lock:
-            self.stats.invalid += 1
+            camera.stats.invalid += 1
         return None
 
-    def _prepare(self, msg: Image | CompressedImage) -> PreparedFrame:
+    def _prepare(
+        self, camera: CameraStream, msg: Image | CompressedImage, vocabulary: EncodedVocabulary
+    ) -> PreparedFrame:
         """Decodes the frame; with `pipeline` also runs stage 1."""
         started = time.perf_counter()
         max_pixels = self.params.max_input_pixels
@@ -315,13 +347,12 @@ class SegmenterNode(Node):
         else:
             rgb = image_to_rgb(msg, max_pixels)
         timings = {"decode": (time.perf_counter() - started) * 1e3}
-        vocabulary = self.vocabulary
         proposals = None
         if self._prepared is not None:
             started = time.perf_counter()
             proposals = self.segmenter.propose(rgb, vocabulary)
             timings["proposals"] = (time.perf_counter() - started) * 1e3
-        return PreparedFrame(msg, rgb, vocabulary, proposals, timings)
+        return PreparedFrame(camera, msg, rgb, proposals, timings)
 
     def _note_format_mismatch(self, msg: CompressedImage) -> None:
         """Says once per declared `format` that it names another encoding than the frame's
@@ -334,25 +365,82 @@ class SegmenterNode(Node):
             self._warned_formats.add(msg.format)
             self.get_logger().warning(note)
 
-    def _finish(self, frame: PreparedFrame) -> None:
-        """Stage 2 (and stage 1 unless done already), then publishes labels, result, overlay."""
-        segmentation = self.segmenter.segment(frame.rgb, frame.vocabulary, frame.proposals)
+    def _finish(self, batch: PreparedBatch) -> None:
+        """Stage 2 of the batch (and stage 1 where not done yet), then each frame's outputs.
+        When a batch of several frames fails as a whole, each frame is tried alone, so that one
+        camera's frame cannot cost the others theirs."""
+        frames, vocabulary = batch.frames, batch.vocabulary
+        self.batch_sizes[len(frames)] += 1
+        results: list[Segmentation | None] | None = None
+        if len(frames) > 1:
+            try:
+                results = self.segmenter.segment_batch(
+                    [f.rgb for f in frames], vocabulary, [f.proposals for f in frames]
+                )
+            except Exception:  # noqa: BLE001 - each frame is tried alone below
+                results = None
+        if results is None:
+            results = [
+                self._skip_on_error(f.camera, self._segment_alone, f, vocabulary) for f in frames
+            ]
+        for frame, segmentation in zip(frames, results, strict=True):
+            if segmentation is not None:
+                self._skip_on_error(frame.camera, self._publish, frame, segmentation)
+
+    def _segment_alone(self, frame: PreparedFrame, vocabulary: EncodedVocabulary) -> Segmentation:
+        return self.segmenter.segment(frame.rgb, vocabulary, frame.proposals)
+
+    def _publish(self, frame: PreparedFrame, segmentation: Segmentation) -> None:
+        """The frame's 3D (when depth is paired with it), labels, result, overlay and points."""
         segmentation.timings_ms = {**frame.timings_ms, **segmentation.timings_ms}
         if not self._running:
             return
+        p = self.params
+        camera = frame.camera
+        started = time.perf_counter()
+        depth = camera.depth_for(
+            frame.msg,
+            frame.rgb.shape[:2],
+            p.depth_tolerance_s,
+            p.max_input_pixels,
+            lambda text: self.get_logger().warning(text, throttle_duration_sec=5.0),
+        )
+        points = None
+        if depth is not None:
+            points = labelled_points(
+                depth.depth_m, depth.intrinsics, segmentation.labels, segmentation.scores,
+                p.max_depth_m,
+            )  # fmt: skip
+            geometries = segment_geometries(points, segmentation.segments, frame.rgb.shape[:2])
+            for segment, geometry in zip(segmentation.segments, geometries, strict=True):
+                segment.geometry = geometry
+            segmentation.has_depth = True
+            segmentation.timings_ms["depth"] = (time.perf_counter() - started) * 1e3
 
-        publish_start = time.perf_counter()
+        started = time.perf_counter()
         header = frame.msg.header
-        self.labels_pub.publish(array_to_image(segmentation.labels, "mono16", header))
-        self.result_pub.publish(segmentation_to_msg(segmentation, header))
-        if self.overlay_pub.get_subscription_count() > 0:
-            overlay = render_overlay(frame.rgb, segmentation, alpha=self.params.overlay_alpha)
-            self.overlay_pub.publish(array_to_image(overlay, "rgb8", header))
-            self.stats.overlays += 1
-        self.stats.processed += 1
-        segmentation.timings_ms["publish"] = (time.perf_counter() - publish_start) * 1e3
+        camera.labels_pub.publish(array_to_image(segmentation.labels, "mono16", header))
+        camera.result_pub.publish(segmentation_to_msg(segmentation, header))
+        if camera.overlay_pub.get_subscription_count() > 0:
+            overlay = render_overlay(frame.rgb, segmentation, alpha=p.overlay_alpha)
+            camera.overlay_pub.publish(array_to_image(overlay, "rgb8", header))
+            camera.stats.overlays += 1
+        if depth is not None and camera.points_pub.get_subscription_count() > 0:
+            if p.points_stride > 1:
+                points = labelled_points(
+                    depth.depth_m, depth.intrinsics, segmentation.labels, segmentation.scores,
+                    p.max_depth_m, p.points_stride,
+                )  # fmt: skip
+            colors = class_colors(segmentation.class_names)
+            camera.points_pub.publish(points_to_cloud(points, colors, header))
+        with self._frame_lock:
+            camera.stats.processed += 1
+            camera.stats.with_depth += depth is not None
+        segmentation.timings_ms["publish"] = (time.perf_counter() - started) * 1e3
         self.get_logger().debug(
-            "frame " + " ".join(f"{k}={v:.1f}ms" for k, v in segmentation.timings_ms.items())
+            camera.prefix(
+                "frame " + " ".join(f"{k}={v:.1f}ms" for k, v in segmentation.timings_ms.items())
+            )
         )
 
     # --- parameters and vocabulary ----------------------------------------------------------
