@@ -24,6 +24,6 @@ def test_cloud_bench_prints_its_table():
     assert len(rows) == 7  # header and 6 configurations
     for row in rows[1:]:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert len(cells) == 12
+        assert len(cells) == 11
         assert int(cells[3]) >= 20  # segments of the toy grid
         assert float(cells[-1]) > 0

@@ -643,7 +643,7 @@ def test_segmenter_process_in_a_namespace_uses_the_namespaced_topics(ros_context
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import parameter_value_to_python
-    from ros_helpers import spin_until
+    from ros_helpers import call_service, spin_until
 
     # Until `checkpoint` overrides `pretrained` in the engine, the params file clears the tag.
     params = yaml.safe_load((REPO_ROOT / "config" / "segmenter.yaml").read_text())
@@ -680,11 +680,10 @@ def test_segmenter_process_in_a_namespace_uses_the_namespaced_topics(ros_context
 
     try:
         client = node.create_client(GetParameters, "/robot1/ovseg_segmenter/get_parameters")
-        assert client.wait_for_service(timeout_sec=60.0), stop()
         names = ["model", "checkpoint", "vocabulary", "input_transport"]
-        future = client.call_async(GetParameters.Request(names=names))
-        assert spin_until(executor, future.done)
-        got = [parameter_value_to_python(v) for v in future.result().values]
+        response = call_service(executor, client, GetParameters.Request(names=names))
+        assert response is not None, stop()
+        got = [parameter_value_to_python(v) for v in response.values]
         assert got == [TINY_MODEL, str(TINY_CHECKPOINT), ["circle", "square"], "raw"]
         assert camera.input_topic == "/robot1/camera/color/image_raw"
         assert spin_until(

@@ -167,3 +167,48 @@ def test_frames_ready_together_share_one_stage_two_and_one_vocabulary(cameras):
 def test_bad_cameras_are_refused_with_the_reason(ros_context, value, message):
     with pytest.raises(ValueError, match=message):
         SegmenterNode(context=ros_context, parameter_overrides=_overrides(cameras=value))
+
+
+def test_a_frame_with_an_unreadable_stamp_is_skipped_for_its_camera_only(cameras):
+    bad = Header(frame_id="rear")
+    bad.stamp.sec = -1
+    image, msg = _frame(1_000_070, 0, "rear")
+    msg.header = bad
+    cameras.publishers["rear"].publish(msg)
+    assert cameras.spin_until(lambda: cameras.segmenter.cameras[1].stats.invalid == 1)
+    cameras.publishers["front"].publish(_frame(1_000_071, 400, "front")[1])
+    assert cameras.spin_until(
+        lambda: any(r.header.stamp.sec == 400 for r in cameras.results["front"])
+    )
+    cameras.publishers["rear"].publish(_frame(1_000_072, 401, "rear")[1])
+    assert cameras.spin_until(
+        lambda: any(r.header.stamp.sec == 401 for r in cameras.results["rear"])
+    )
+
+
+def test_a_batch_that_fails_as_a_whole_is_segmented_frame_by_frame(cameras, monkeypatch):
+    segmenter = cameras.segmenter
+    segment_batch = segmenter.segmenter.segment_batch
+
+    def fail_with_two(images, *args):
+        """Batches of several frames fail (e.g. out of memory); one frame alone works."""
+        if len(images) > 1:
+            raise RuntimeError("out of memory for the batch")
+        return segment_batch(images, *args)
+
+    monkeypatch.setattr(segmenter.segmenter, "segment_batch", fail_with_two)
+    for attempt in range(5):
+        cameras.publishers["front"].publish(_frame(1_000_080, 500 + attempt, "front")[1])
+        cameras.spin_until(lambda: False, timeout_s=0.05)
+        for name in ("front", "rear"):
+            cameras.publishers[name].publish(_frame(1_000_081, 600 + attempt, name)[1])
+        assert cameras.spin_until(
+            lambda a=attempt: all(
+                any(r.header.stamp.sec == 600 + a for r in results)
+                for results in cameras.results.values()
+            )
+        )
+        if segmenter.batch_sizes[2]:
+            break
+    assert segmenter.batch_sizes[2] >= 1, segmenter.batch_sizes
+    assert segmenter.stats.invalid == 0

@@ -15,7 +15,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_helpers import spin_until
+from ros_helpers import call_service, spin_until
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from tiny_model import TINY_CHECKPOINT, TINY_MODEL
@@ -74,12 +74,11 @@ def test_params_file_and_remap_are_picked_up(ros_context, tmp_path):
     executor.add_node(node)
     try:
         client = node.create_client(GetParameters, "/ovseg_segmenter/get_parameters")
-        assert client.wait_for_service(timeout_sec=60.0), _stop(process)
-        future = client.call_async(GetParameters.Request(names=list(expected)))
-        assert spin_until(executor, future.done)
+        response = call_service(executor, client, GetParameters.Request(names=list(expected)))
+        assert response is not None, _stop(process)
         got = {
             name: parameter_value_to_python(value)
-            for name, value in zip(expected, future.result().values, strict=True)
+            for name, value in zip(expected, response.values, strict=True)
         }
         assert got == expected
         assert spin_until(

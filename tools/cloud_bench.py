@@ -6,8 +6,9 @@ with depth, timed part by part.
 
 Parts, in the node's order: depth in (`depth_to_metres` of a 16UC1 image and
 `camera_info_to_intrinsics`, what `CameraStream.depth_for` does once the depth is paired),
-`labelled_points` at stride 1 (for the segments' 3D), `segment_geometries`, `labelled_points`
-at `points_stride` (only when it is above 1; at 1 the node reuses the stride-1 points), then
+the segments' 3D (`add_segment_geometry`: `labelled_points` at stride 1 and
+`segment_geometries`), `labelled_points` at `points_stride` (only when it is above 1; at 1 the
+node reuses the stride-1 points), then
 `class_colors` and `points_to_cloud` (the node runs these two only while ~/points has a
 subscriber). The frame: a 2 x 3 grid of toy-world scenes (toy_world, toy_depth) at the colour
 size, each tile's background a class of its own alternating floor / wall, so that the label map
@@ -35,9 +36,9 @@ from std_msgs.msg import Header
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ovseg_ros.engine import toy_depth, toy_world  # noqa: E402
-from ovseg_ros.engine.geometry import labelled_points, segment_geometries  # noqa: E402
+from ovseg_ros.engine.geometry import add_segment_geometry, labelled_points  # noqa: E402
 from ovseg_ros.engine.render import class_colors  # noqa: E402
-from ovseg_ros.engine.segmentation import Segment, extract_segments  # noqa: E402
+from ovseg_ros.engine.segmentation import Segment, Segmentation, extract_segments  # noqa: E402
 from ovseg_ros.ros.conversions import (  # noqa: E402
     array_to_image,
     camera_info_to_intrinsics,
@@ -55,7 +56,7 @@ GRID = (2, 3)
 """Rows and columns of toy scenes in one frame."""
 CLASS_NAMES = ["floor", "wall", *toy_world.SHAPES]
 """Class ids: 0 and 1 the tiles' backgrounds, 2.. the toy shapes."""
-PARTS = ("depth in", "points (stride 1)", "segment_geometries", "points (stride)", "cloud")
+PARTS = ("depth in", "segments' 3D", "points (stride)", "cloud")
 
 
 @dataclass
@@ -122,15 +123,11 @@ def one_pass(frame: Frame, stride: int) -> tuple[dict[str, float], int, int]:
             camera_info_to_intrinsics(frame.camera_info),
         ),
     )
+    segmentation = Segmentation(frame.labels, frame.scores, CLASS_NAMES, 1, frame.segments)
     points = timed(
         ms,
-        "points (stride 1)",
-        lambda: labelled_points(depth_m, intrinsics, frame.labels, frame.scores, MAX_DEPTH_M),
-    )
-    timed(
-        ms,
-        "segment_geometries",
-        lambda: segment_geometries(points, frame.segments, frame.labels.shape),
+        "segments' 3D",
+        lambda: add_segment_geometry(segmentation, depth_m, intrinsics, MAX_DEPTH_M),
     )
     dense_points = points.xyz.shape[0]
     if stride > 1:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ovseg_ros.engine.segmentation import UNLABELED, Segment
+from ovseg_ros.engine.segmentation import UNLABELED, Segment, Segmentation
 
 
 @dataclass(frozen=True)
@@ -303,3 +303,20 @@ def segment_geometries(
             points=int(counts[index]),
         )
     return geometries
+
+
+def add_segment_geometry(
+    segmentation: Segmentation, depth_m: np.ndarray, intrinsics: Intrinsics, max_depth_m: float
+) -> LabelledPoints:
+    """Gives every segment of `segmentation` its 3D (segment_geometries over all its pixels with
+    valid depth; None where it has none) and sets has_depth. depth_m: (h, w) float32 metres
+    registered to the segmentation's image, intrinsics: the colour camera's at the labels' size.
+    Returns the labelled points at stride 1, for a cloud at that stride."""
+    points = labelled_points(
+        depth_m, intrinsics, segmentation.labels, segmentation.scores, max_depth_m
+    )
+    geometries = segment_geometries(points, segmentation.segments, segmentation.labels.shape)
+    for segment, geometry in zip(segmentation.segments, geometries, strict=True):
+        segment.geometry = geometry
+    segmentation.has_depth = True
+    return points

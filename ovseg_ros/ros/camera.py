@@ -29,7 +29,12 @@ from ovseg_ros.ros.conversions import (
 )
 
 DEPTH_BUFFER = 10
-"""Depth images kept per camera for pairing by stamp (a third of a second at 30 Hz)."""
+"""Depth images kept per camera for colour frames that arrive after their depth (a third of a
+second at 30 Hz)."""
+
+MAX_EXPECTED = 8
+"""Colour frames per camera that can wait for their depth at once: the pending frame, the frames
+in flight (two with `pipeline`) and a margin; the oldest is forgotten beyond it."""
 
 
 @dataclass
@@ -61,25 +66,51 @@ def stamp_ns(msg: Image | CompressedImage | CameraInfo) -> int:
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
-class DepthBuffer:
-    """The newest DEPTH_BUFFER depth images of one camera; thread-safe."""
+class DepthPairing:
+    """Pairs one camera's depth images with its colour frames by stamp; thread-safe.
 
-    def __init__(self, size: int = DEPTH_BUFFER) -> None:
-        self._images: collections.deque[Image] = collections.deque(maxlen=size)
+    The newest DEPTH_BUFFER depth images are kept for colour frames that arrive after their
+    depth. From the moment a colour frame arrives (expect) until it is published (pop), the
+    depth image nearest its stamp within the tolerance is held for it, however many depth images
+    arrive in between: a frame that waits or is segmented for seconds keeps its depth.
+    """
+
+    def __init__(self) -> None:
+        self._recent: collections.deque[Image] = collections.deque(maxlen=DEPTH_BUFFER)
+        self._expected: dict[int, Image | None] = {}
+        self._tolerance_ns = 0
         self._lock = threading.Lock()
 
-    def add(self, msg: Image) -> None:
-        with self._lock:
-            self._images.append(msg)
+    def _nearer(self, depth: Image, best: Image | None, stamp: int) -> bool:
+        """Whether `depth` is within the tolerance of `stamp` and nearer to it than `best`."""
+        gap = abs(stamp_ns(depth) - stamp)
+        return gap <= self._tolerance_ns and (best is None or gap < abs(stamp_ns(best) - stamp))
 
-    def match(self, stamp: int, tolerance_ns: int) -> Image | None:
-        """The depth image whose stamp is nearest `stamp` (ns), if within tolerance_ns."""
+    def add(self, depth: Image) -> None:
+        """A depth image arrived: kept, and held for every expected frame it is nearest to."""
         with self._lock:
-            images = list(self._images)
-        if not images:
-            return None
-        nearest = min(images, key=lambda msg: abs(stamp_ns(msg) - stamp))
-        return nearest if abs(stamp_ns(nearest) - stamp) <= tolerance_ns else None
+            self._recent.append(depth)
+            for stamp, best in self._expected.items():
+                if self._nearer(depth, best, stamp):
+                    self._expected[stamp] = depth
+
+    def expect(self, stamp: int, tolerance_ns: int) -> None:
+        """A colour frame stamped `stamp` (ns) arrived: hold the nearest depth image within
+        tolerance_ns for it, from the kept ones now and from those that arrive later."""
+        with self._lock:
+            self._tolerance_ns = tolerance_ns
+            best = None
+            for depth in self._recent:
+                if self._nearer(depth, best, stamp):
+                    best = depth
+            self._expected[stamp] = best
+            while len(self._expected) > MAX_EXPECTED:
+                del self._expected[next(iter(self._expected))]
+
+    def pop(self, stamp: int) -> Image | None:
+        """The depth image held for the colour frame stamped `stamp`, which stops waiting."""
+        with self._lock:
+            return self._expected.pop(stamp, None)
 
 
 @dataclass
@@ -91,12 +122,25 @@ class DepthFrame:
     intrinsics: Intrinsics
 
 
+ASPECT_TOLERANCE = 0.01
+"""Largest relative difference of aspect ratio (width / height) between the colour image and its
+depth image or camera_info: beyond it they are not views of the same image (another camera's
+topic, a cropped stream) and the frame stays 2D."""
+
+
+def same_aspect(size: tuple[int, int], other: tuple[int, int]) -> bool:
+    """Whether two (height, width) sizes have the same aspect ratio within ASPECT_TOLERANCE."""
+    ratio, other_ratio = size[1] / size[0], other[1] / other[0]
+    return abs(ratio - other_ratio) <= ASPECT_TOLERANCE * other_ratio
+
+
 class CameraStream:
     """Subscriptions, newest frame and publishers of one camera.
 
     topics: the camera's input topics (CameraTopics); outputs: the prefix of its output topics
-    ("~" for the node's own, else NAMESPACE/<node name>); label: how log lines name it ("" for
-    a node's only camera); notify: the node's condition, notified on every new frame.
+    ("~" for the node's own, else NAMESPACE/<node name>); label: the camera's namespace ("" for
+    a node's only camera), which names its logger (<node>.<label>); notify: the node's condition,
+    notified on every new frame; tolerance_s: returns depth_tolerance_s in force.
     """
 
     def __init__(
@@ -108,15 +152,21 @@ class CameraStream:
         input_qos: QoSProfile,
         compressed: bool,
         notify: threading.Condition,
+        tolerance_s: Callable[[], float],
     ) -> None:
         self.topics = topics
-        self.label = label
         self.stats = FrameStats()
+        self.logger = (
+            node.get_logger().get_child(label.strip("/").replace("/", "_"))
+            if label
+            else node.get_logger()
+        )
         self.pending: Image | CompressedImage | None = None
         self.last_start = -float("inf")
         self._notify = notify
+        self._tolerance_s = tolerance_s
         self._camera_info: CameraInfo | None = None
-        self.depth = DepthBuffer() if topics.has_depth else None
+        self.depth = DepthPairing() if topics.has_depth else None
         self.labels_pub = node.create_publisher(Image, f"{outputs}/labels", 1)
         self.overlay_pub = node.create_publisher(Image, f"{outputs}/overlay", 1)
         self.result_pub = node.create_publisher(SegmentationResult, f"{outputs}/result", 1)
@@ -142,16 +192,17 @@ class CameraStream:
             )
             self.depth_topic, self.camera_info_topic = depth_sub.topic_name, info_sub.topic_name
 
-    def prefix(self, text: str) -> str:
-        """A log line about this camera: `[label] text`, or text alone for the only camera."""
-        return f"[{self.label}] {text}" if self.label else text
-
     def _on_image(self, msg: Image | CompressedImage) -> None:
-        """Keeps only the newest frame; the node's worker takes it from there."""
+        """Keeps only the newest frame (and holds its depth); the node's worker takes it from
+        there."""
+        if self.depth is not None:
+            self.depth.expect(stamp_ns(msg), round(self._tolerance_s() * 1e9))
         with self._notify:
             self.stats.received += 1
             if self.pending is not None:
                 self.stats.replaced += 1
+                if self.depth is not None and stamp_ns(self.pending) != stamp_ns(msg):
+                    self.depth.pop(stamp_ns(self.pending))
             self.pending = msg
             self._notify.notify()
 
@@ -169,16 +220,15 @@ class CameraStream:
         return msg
 
     def depth_for(
-        self, frame: Image | CompressedImage, size: tuple[int, int], tolerance_s: float,
-        max_pixels: int, warn: Callable[[str], None],
-    ) -> DepthFrame | None:  # fmt: skip
+        self, frame: Image | CompressedImage, size: tuple[int, int], max_pixels: int
+    ) -> DepthFrame | None:
         """The depth paired with `frame` (colour image of size (H, W)), or None after counting
-        why (and saying it through `warn`, which the node throttles): no depth within
-        tolerance_s of its stamp, no camera_info yet, or a depth image or camera_info that
+        why and saying it in a warning (at most every 5 s per camera and cause): no depth within
+        depth_tolerance_s of its stamp, no camera_info yet, or a depth image or camera_info that
         cannot be used."""
         if self.depth is None:
             return None
-        depth = self.depth.match(stamp_ns(frame), round(tolerance_s * 1e9))
+        depth = self.depth.pop(stamp_ns(frame))
         info = self._camera_info
         if depth is None or info is None:
             self.stats.depth_unmatched += 1
@@ -186,22 +236,45 @@ class CameraStream:
                 f"no camera_info on {self.camera_info_topic} yet"
                 if info is None
                 else f"no depth image on {self.depth_topic} within depth_tolerance_s="
-                f"{tolerance_s:g} of its stamp"
+                f"{self._tolerance_s():g} of its stamp"
             )
-            warn(
-                self.prefix(
-                    f"frame segmented in 2D only: {missing} ({self.stats.depth_unmatched} "
-                    "frames so far)"
-                )
+            self.logger.warning(
+                f"frame segmented in 2D only: {missing} ({self.stats.depth_unmatched} frames so "
+                "far)",
+                throttle_duration_sec=5.0,
             )
             return None
         try:
-            depth_m = depth_to_metres(depth, max_pixels)
-            intrinsics = camera_info_to_intrinsics(info)
+            return self._depth_frame(depth, info, size, max_pixels)
         except (ImageConversionError, CameraInfoError) as exc:
-            self.stats.depth_invalid += 1
-            warn(self.prefix(f"frame segmented in 2D only: {exc}"))
+            self.count_unusable_depth(exc)
             return None
+
+    def count_unusable_depth(self, reason: Exception) -> None:
+        """Counts a frame whose depth or camera_info cannot be used and says why (at most every
+        5 s)."""
+        self.stats.depth_invalid += 1
+        self.logger.warning(
+            f"frame segmented in 2D only: {reason} ({self.stats.depth_invalid} frames so far)",
+            throttle_duration_sec=5.0,
+        )
+
+    def _depth_frame(
+        self, depth: Image, info: CameraInfo, size: tuple[int, int], max_pixels: int
+    ) -> DepthFrame:
+        """The depth image in metres and the intrinsics at the colour size (H, W); raises
+        ImageConversionError or CameraInfoError saying why they cannot be used."""
+        depth_m = depth_to_metres(depth, max_pixels)
+        intrinsics = camera_info_to_intrinsics(info)
+        for what, other in (
+            ("depth image", depth_m.shape),
+            ("camera_info", (intrinsics.height, intrinsics.width)),
+        ):
+            if not same_aspect(other, size):
+                raise ImageConversionError(
+                    f"the {what} is {other[1]}x{other[0]} but the colour image {size[1]}x"
+                    f"{size[0]}, another aspect ratio: not registered to it"
+                )
         if (intrinsics.height, intrinsics.width) != size:
             intrinsics = intrinsics.scaled(size[1], size[0])
         return DepthFrame(depth_m, intrinsics)

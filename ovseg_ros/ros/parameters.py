@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
-from ovseg_ros.cameras import CAMERA_FORMAT, parse_cameras
+from ovseg_ros.cameras import CAMERA_FORMAT, parse_camera
 from ovseg_ros.engine.options import (
     CLASSIFIERS,
     DEFAULT_PROPOSAL_GENERATOR,
@@ -324,9 +324,10 @@ def check_value(name: str, value: object) -> object:
         items = list(value) if isinstance(value, list | tuple) else None
         if items is None or not all(isinstance(item, str) for item in items):
             raise ValueError(f"parameter {name} must be a list of {LIST_ITEMS[name]}, {example}")
-        if name == "cameras":
+        if name == "cameras":  # the syntax; the node checks the namespaces in its own
             try:
-                parse_cameras(items)
+                for item in items:
+                    parse_camera(item)
             except ValueError as exc:
                 raise ValueError(f"parameter cameras: {exc}") from exc
         return items

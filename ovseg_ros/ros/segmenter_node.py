@@ -37,7 +37,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from ovseg_ros.cameras import CameraTopics, parse_cameras
-from ovseg_ros.engine.geometry import labelled_points, segment_geometries
+from ovseg_ros.engine.geometry import add_segment_geometry, labelled_points
 from ovseg_ros.engine.prompts import resolve_templates
 from ovseg_ros.engine.proposals import Proposals
 from ovseg_ros.engine.render import class_colors, render_overlay
@@ -212,21 +212,25 @@ class SegmenterNode(Node):
             else ReliabilityPolicy.BEST_EFFORT,
         )
         compressed = p.input_transport == "compressed"
+        settings = (input_qos, compressed, self._frame_lock, lambda: self.params.depth_tolerance_s)
         if not p.cameras:
             depth = ("depth", "camera_info") if p.use_depth else ("", "")
             topics = CameraTopics("", "image", *depth)
-            return [CameraStream(self, topics, "~", "", input_qos, compressed, self._frame_lock)]
+            return [CameraStream(self, topics, "~", "", *settings)]
+        if p.use_depth:
+            self.get_logger().warning(
+                "use_depth applies to the node's own camera only and is ignored with `cameras`: "
+                "give each camera's depth topic in its item (NAMESPACE:IMAGE:DEPTH)"
+            )
+        try:
+            cameras = parse_cameras(p.cameras, self.get_namespace())
+        except ValueError as exc:
+            raise ValueError(f"parameter cameras: {exc}") from exc
         return [
             CameraStream(
-                self,
-                topics,
-                f"{topics.namespace}/{self.get_name()}",
-                topics.namespace,
-                input_qos,
-                compressed,
-                self._frame_lock,
+                self, topics, f"{topics.namespace}/{self.get_name()}", topics.namespace, *settings
             )
-            for topics in parse_cameras(p.cameras, self.get_namespace())
+            for topics in cameras
         ]
 
     @property
@@ -267,7 +271,8 @@ class SegmenterNode(Node):
             vocabulary = self.vocabulary
             frames = []
             for camera, msg in taken:
-                if self._is_stale(camera, msg):
+                # None: a stamp that cannot be read (counted and logged as a skipped frame).
+                if self._skip_on_error(camera, self._is_stale, camera, msg) is not False:
                     continue
                 frame = self._skip_on_error(camera, self._prepare, camera, msg, vocabulary)
                 if frame is not None:
@@ -276,23 +281,25 @@ class SegmenterNode(Node):
                 continue
             batch = PreparedBatch(frames, vocabulary)
             if self._prepared is None:
-                self._finish(batch)
+                self._outlive_errors(self._finish, batch)
             else:
                 self._hand_over(batch)
 
     def _is_stale(self, camera: CameraStream, msg: Image | CompressedImage) -> bool:
-        """Counts and logs a frame older than max_age_s."""
+        """Counts and logs a frame older than max_age_s; raises ImageConversionError for a
+        stamp before 1970 (negative seconds), which no clock can be compared with."""
+        stamp = msg.header.stamp
+        if stamp.sec < 0:
+            raise ImageConversionError(f"the frame's stamp is negative ({stamp.sec} s)")
         max_age = self.params.max_age_s
         age = self._frame_age_s(msg.header)
         if max_age <= 0 or age <= max_age:
             return False
         with self._frame_lock:
             camera.stats.dropped_stale += 1
-        self.get_logger().warning(
-            camera.prefix(
-                f"dropped a frame {age:.1f} s old, older than max_age_s={max_age:g} "
-                f"({camera.stats.dropped_stale} so far)"
-            ),
+        camera.logger.warning(
+            f"dropped a frame {age:.1f} s old, older than max_age_s={max_age:g} "
+            f"({camera.stats.dropped_stale} so far)",
             throttle_duration_sec=5.0,
         )
         return True
@@ -306,7 +313,16 @@ class SegmenterNode(Node):
                 item = items.get(timeout=0.5)
             except queue.Empty:
                 continue
+            self._outlive_errors(handle, item)
+
+    def _outlive_errors(self, handle: Callable[[Any], object], item: object) -> None:
+        """handle(item); an error it lets through (none is expected: each step catches its own)
+        is logged, and the worker goes on with the next item."""
+        try:
             handle(item)
+        except Exception as exc:  # noqa: BLE001 - a worker must outlive any one item
+            if self._running and self.context.ok():
+                self.get_logger().error(f"{threading.current_thread().name} worker: {exc!r}")
 
     def _hand_over(self, batch: PreparedBatch) -> None:
         """Waits until the second worker has room for `batch` (or the node stops)."""
@@ -324,13 +340,11 @@ class SegmenterNode(Node):
         try:
             return step(*args)
         except ImageConversionError as exc:
-            self.get_logger().warning(
-                camera.prefix(f"skipped a frame: {exc}"), throttle_duration_sec=2.0
-            )
+            camera.logger.warning(f"skipped a frame: {exc}", throttle_duration_sec=2.0)
         except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the node
             if not self._running or not self.context.ok():
                 return None
-            self.get_logger().error(camera.prefix(f"segmentation failed, frame skipped: {exc!r}"))
+            camera.logger.error(f"segmentation failed, frame skipped: {exc!r}")
         with self._frame_lock:
             camera.stats.invalid += 1
         return None
@@ -377,7 +391,12 @@ class SegmenterNode(Node):
                 results = self.segmenter.segment_batch(
                     [f.rgb for f in frames], vocabulary, [f.proposals for f in frames]
                 )
-            except Exception:  # noqa: BLE001 - each frame is tried alone below
+            except Exception as exc:  # noqa: BLE001 - each frame is tried alone below
+                self.get_logger().warning(
+                    f"stage 2 of a batch of {len(frames)} frames failed ({exc!r}); segmenting "
+                    "each frame alone",
+                    throttle_duration_sec=5.0,
+                )
                 results = None
         if results is None:
             results = [
@@ -398,23 +417,19 @@ class SegmenterNode(Node):
         p = self.params
         camera = frame.camera
         started = time.perf_counter()
-        depth = camera.depth_for(
-            frame.msg,
-            frame.rgb.shape[:2],
-            p.depth_tolerance_s,
-            p.max_input_pixels,
-            lambda text: self.get_logger().warning(text, throttle_duration_sec=5.0),
-        )
+        depth = camera.depth_for(frame.msg, frame.rgb.shape[:2], p.max_input_pixels)
         points = None
         if depth is not None:
-            points = labelled_points(
-                depth.depth_m, depth.intrinsics, segmentation.labels, segmentation.scores,
-                p.max_depth_m,
-            )  # fmt: skip
-            geometries = segment_geometries(points, segmentation.segments, frame.rgb.shape[:2])
-            for segment, geometry in zip(segmentation.segments, geometries, strict=True):
-                segment.geometry = geometry
-            segmentation.has_depth = True
+            try:
+                points = add_segment_geometry(
+                    segmentation, depth.depth_m, depth.intrinsics, p.max_depth_m
+                )
+            except ValueError as exc:  # 3D that cannot be made leaves the frame's 2D intact
+                for segment in segmentation.segments:
+                    segment.geometry = None
+                segmentation.has_depth = False
+                camera.count_unusable_depth(exc)
+                depth = None
             segmentation.timings_ms["depth"] = (time.perf_counter() - started) * 1e3
 
         started = time.perf_counter()
@@ -437,10 +452,8 @@ class SegmenterNode(Node):
             camera.stats.processed += 1
             camera.stats.with_depth += depth is not None
         segmentation.timings_ms["publish"] = (time.perf_counter() - started) * 1e3
-        self.get_logger().debug(
-            camera.prefix(
-                "frame " + " ".join(f"{k}={v:.1f}ms" for k, v in segmentation.timings_ms.items())
-            )
+        camera.logger.debug(
+            "frame " + " ".join(f"{k}={v:.1f}ms" for k, v in segmentation.timings_ms.items())
         )
 
     # --- parameters and vocabulary ----------------------------------------------------------
