@@ -7,6 +7,7 @@ ros2 launch ovseg_ros segmenter.launch.py namespace:=robot1 rviz:=true
 ros2 launch ovseg_ros segmenter.launch.py cameras:=front:/front/image:/front/depth,rear:/rear/image
 ros2 launch ovseg_ros segmenter.launch.py camera_processes:=each cameras:=a:/a/image,b:/b/image
 ros2 launch ovseg_ros segmenter.launch.py model:=ViT-B-16 pretrained:=openai device:=cuda
+ros2 launch ovseg_ros segmenter.launch.py use_sim_time:=true   # a recording replayed with /clock
 
 Thin wiring only: ovseg_ros.launch_plan decides what starts (and is tested without `launch`).
 A bad argument, or rviz:=true without RViz2, stops the launch before anything starts; a
@@ -76,7 +77,14 @@ def _launch_setup(context: LaunchContext) -> list:
         actions += [RegisterEventHandler(exit_handler), node]
     if plan.rviz_config is not None:
         rviz_file = write_rviz_config(plan.rviz_config)
-        actions.append(Node(package="rviz2", executable="rviz2", arguments=["-d", str(rviz_file)]))
+        actions.append(
+            Node(
+                package="rviz2",
+                executable="rviz2",
+                arguments=["-d", str(rviz_file)],
+                parameters=[{"use_sim_time": plan.use_sim_time}],
+            )
+        )
     return actions
 
 

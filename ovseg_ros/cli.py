@@ -1,6 +1,7 @@
 """The `ovseg` command: open-vocabulary segmentation without ROS.
 
     ovseg segment photo.jpg more/*.png --vocab "person,chair,sofa|couch,floor" --out out/
+    ovseg segment run1.mcap --topic /cam/image_raw --vocab "person,chair" --out run1-ovseg
     ovseg eval toy:shape --limit 50 --out eval/toy-shape
     ovseg eval /data/ade20k-150 --model ViT-B-16 --pretrained openai
 
@@ -38,9 +39,17 @@ from ovseg_ros.engine.options import (
 )
 
 if TYPE_CHECKING:
-    import numpy as np
+    from collections.abc import Callable
+    from typing import Any
 
+    import cv2
+    import numpy as np
+    from std_msgs.msg import Header
+
+    from ovseg_ros.engine.segmentation import Segmentation
     from ovseg_ros.engine.segmenter import TwoStageSegmenter
+    from ovseg_ros.engine.vocabulary import EncodedVocabulary
+    from ovseg_ros.recordings import Frame, Recording, RecordingWriter
 
 # torch, open_clip and OpenCV are imported inside the functions that use them, so that building
 # the parser (and answering --help) takes a fraction of a second.
@@ -48,27 +57,60 @@ if TYPE_CHECKING:
 
 class ProgressBar:
     """A one-line progress bar on stderr: redrawn in place on a terminal, else a line every
-    10 %."""
+    10 %.
 
-    def __init__(self, total: int, title: str, width: int = 30) -> None:
+    unit: None shows seconds per image; a plural noun such as "frames" shows that many per
+    second and the time left. A total that is an estimate may be passed: the bar then ends with
+    update(done, final=True)."""
+
+    def __init__(self, total: int, title: str, width: int = 30, unit: str | None = None) -> None:
         self.total = max(total, 1)
         self.title = title
         self.width = width
+        self.unit = unit
         self.started = time.monotonic()
         self.interactive = sys.stderr.isatty()
         self.last_tenth = -1
+        self.last_printed = -1
 
-    def update(self, done: int) -> None:
+    def update(self, done: int, final: bool | None = None) -> None:
+        """Draws `done` items of the total; final: whether this is the last update (default:
+        done >= total)."""
+        final = done >= self.total if final is None else final
+        total = max(self.total, done)
         elapsed = time.monotonic() - self.started
-        rate = f"{elapsed / done:.2f} s/image" if done else ""
-        filled = round(self.width * done / self.total)
-        line = f"{self.title} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total} "
+        filled = round(self.width * done / total)
+        line = f"{self.title} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} "
+        line += self._rate(done, elapsed, final)
         if self.interactive:
-            sys.stderr.write("\r" + line + rate + ("\n" if done >= self.total else ""))
-        elif (tenth := 10 * done // self.total) > self.last_tenth:
-            self.last_tenth = tenth
-            sys.stderr.write(line + rate + "\n")
+            sys.stderr.write("\r" + line + ("\n" if final else ""))
+        elif (tenth := 10 * done // total) > self.last_tenth or (
+            final and done != self.last_printed
+        ):
+            self.last_tenth, self.last_printed = tenth, done
+            sys.stderr.write(line + "\n")
         sys.stderr.flush()
+
+    def _rate(self, done: int, elapsed: float, final: bool) -> str:
+        """The rate so far: "2.31 s/image", or with a unit "3.20 frames/s, 1:05 left"."""
+        if not done or elapsed <= 0:
+            return ""
+        if self.unit is None:
+            return f"{elapsed / done:.2f} s/image"
+        left = "" if final else f", {_clock(elapsed / done * max(self.total - done, 0))} left"
+        return f"{done / elapsed:.2f} {self.unit}/s{left}"
+
+    def message(self, text: str) -> None:
+        """A line of its own on stderr, above the bar (redrawn at the next update)."""
+        sys.stderr.write(("\r\x1b[K" if self.interactive else "") + text + "\n")
+        sys.stderr.flush()
+
+
+def _clock(seconds: float) -> str:
+    """Seconds as M:SS, or H:MM:SS from an hour."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _number(text: str, kind: type[int] | type[float]) -> int | float:
@@ -95,6 +137,14 @@ def _fraction(text: str) -> float:
 def _count(text: str) -> int:
     """argparse type: an integer >= 0."""
     value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a number of seconds >= 0."""
+    value = _number(text, float)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
@@ -318,11 +368,22 @@ def run_segment(args: argparse.Namespace) -> int:
 
     from ovseg_ros.engine.render import render_overlay
     from ovseg_ros.engine.vocabulary import VocabularyEncoder
+    from ovseg_ros.recordings import is_recording
 
+    inputs = [Path(text) for text in args.images]
+    if any(map(is_recording, inputs)):
+        if len(inputs) > 1:
+            raise ValueError("give one recording at a time, and image files apart from it")
+        return run_segment_recording(args, inputs[0])
+    if given := [option for option in RECORDING_OPTIONS if getattr(args, option) is not None]:
+        raise ValueError(
+            f"{', '.join('--' + option for option in given)}: only for a recording (a bag "
+            "folder with metadata.yaml, or a .mcap or .db3 file)"
+        )
     names = _vocabulary(args.vocab)
     templates = _templates(args)
     paths = []
-    for path in map(Path, args.images):
+    for path in inputs:
         if problem := input_problem(path):
             print(f"ovseg segment: error: {path}: {problem}", file=sys.stderr)
         else:
@@ -332,7 +393,7 @@ def run_segment(args: argparse.Namespace) -> int:
     note_unknown_to_tiny_model(args.model, names)
     segmenter = _build(args)
     vocabulary = VocabularyEncoder(segmenter.clip).encode(names, templates)
-    out = Path(args.out)
+    out = Path(args.out or "ovseg-out")
     out.mkdir(parents=True, exist_ok=True)
     failures = len(args.images) - len(paths)
     for path, stem in zip(paths, output_stems(paths), strict=True):
@@ -369,6 +430,220 @@ def run_segment(args: argparse.Namespace) -> int:
         renamed = f" -> {out / stem}_*" if stem != path.stem else ""
         print(f"{path}: {', '.join(found) or 'nothing'} ({total_ms:.0f} ms){renamed}")
     return 1 if failures else 0
+
+
+RECORDING_OPTIONS = ("topic", "every", "start", "end", "storage", "video")
+"""The `ovseg segment` options (argparse dests) that apply to a recording only."""
+RECORDING_STORAGES = ("mcap", "sqlite3")
+"""Storage formats of an output bag (recordings.STORAGES, named here without importing it)."""
+VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+"""--video file suffix -> the OpenCV FourCC it is written with."""
+
+
+def _image_messages() -> dict[str, tuple[type, Callable[[Any], np.ndarray]]]:
+    """Image message type name -> (rclpy message class, converter to (H, W, 3) uint8 RGB);
+    RuntimeError saying what to install when rclpy or the package's messages are missing."""
+    try:
+        from sensor_msgs.msg import CompressedImage, Image
+
+        from ovseg_ros.ros.conversions import compressed_to_rgb, image_to_rgb
+    except ImportError as exc:
+        raise RuntimeError(
+            f"segmenting a recording needs rclpy and the ovseg_ros messages ({exc}): run it in a "
+            "sourced ROS 2 workspace with ovseg_ros built, or see README, Install"
+        ) from exc
+    return {
+        "sensor_msgs/msg/Image": (Image, image_to_rgb),
+        "sensor_msgs/msg/CompressedImage": (CompressedImage, compressed_to_rgb),
+    }
+
+
+def _decode_frame(
+    frame: Frame, messages: dict[str, tuple[type, Callable[[Any], np.ndarray]]]
+) -> tuple[Header, np.ndarray]:
+    """The header and (H, W, 3) uint8 RGB pixels of a recorded image (messages:
+    _image_messages()); ValueError when its bytes are no such message or its pixels do not
+    decode (an unknown encoding, bad JPEG data)."""
+    from rclpy.serialization import deserialize_message
+
+    message_class, to_rgb = messages[frame.msgtype]
+    try:
+        image = deserialize_message(frame.data, message_class)
+    except RuntimeError as exc:  # rclpy's RMWError
+        raise ValueError(f"not a valid {frame.msgtype}: {exc}") from exc
+    return image.header, to_rgb(image)
+
+
+def _recording_output(args: argparse.Namespace, path: Path) -> tuple[Path, Path | None]:
+    """The output bag and the --video file, checked before any model loads: the bag must not
+    exist (default: NAME-ovseg in the working directory), the video needs a known suffix."""
+    out = Path(args.out or f"{path.stem if path.is_file() else path.name}-ovseg")
+    if out.exists():
+        raise ValueError(f"{out} exists already; give another --out or remove it")
+    video = None if args.video is None else Path(args.video)
+    if video is not None and video.suffix.lower() not in VIDEO_CODECS:
+        raise ValueError(f"--video {video}: give a {', '.join(VIDEO_CODECS)} file")
+    return out, video
+
+
+def _only_image_topic(recording: Recording) -> str:
+    """The image topic of a recording that has exactly one; ValueError listing them otherwise."""
+    topics = recording.image_topics()
+    if len(topics) == 1:
+        return next(iter(topics))
+    listed = ", ".join(topics) or "none"
+    raise ValueError(f"{recording.path}: give --topic; its image topics: {listed}")
+
+
+class _SegmentedRecording:
+    """The output of `ovseg segment RECORDING`: a bag with the node's topics (and optionally a
+    video of the overlays), opened at the first frame so that an empty time window leaves no
+    empty bag. close() finishes both, so that what was written stays readable."""
+
+    def __init__(
+        self, out: Path, storage: str, video_path: Path | None, video_fps: float, alpha: float
+    ) -> None:
+        from ovseg_ros.launch_plan import NODE_NAME
+
+        self.out, self.storage, self.alpha = out, storage, alpha
+        self.video_path, self.video_fps = video_path, video_fps
+        self.topics = {
+            name: f"/{NODE_NAME}/{name}" for name in ("labels", "result", "overlay", "vocabulary")
+        }
+        self.writer: RecordingWriter | None = None
+        self.video: cv2.VideoWriter | None = None
+        self.video_size = (0, 0)
+
+    def open(self, timestamp_ns: int, vocabulary: EncodedVocabulary) -> None:
+        """Creates the bag and writes the vocabulary at timestamp_ns (ns since the epoch, also
+        its header stamp)."""
+        from builtin_interfaces.msg import Time
+        from rclpy.serialization import serialize_message
+        from std_msgs.msg import Header
+
+        from ovseg_ros.engine.render import class_colors
+        from ovseg_ros.recordings import RecordingWriter
+        from ovseg_ros.ros.conversions import vocabulary_to_msg
+
+        self.writer = RecordingWriter(self.out, self.storage)
+        self.writer.add_topic(self.topics["labels"], "sensor_msgs/msg/Image")
+        self.writer.add_topic(self.topics["result"], "ovseg_ros/msg/SegmentationResult")
+        self.writer.add_topic(self.topics["overlay"], "sensor_msgs/msg/Image")
+        self.writer.add_topic(self.topics["vocabulary"], "ovseg_ros/msg/Vocabulary", latched=True)
+        sec, nanosec = divmod(timestamp_ns, 1_000_000_000)
+        message = vocabulary_to_msg(
+            vocabulary.version,
+            vocabulary.class_names,
+            class_colors(vocabulary.class_names),
+            list(vocabulary.templates),
+            Header(stamp=Time(sec=sec, nanosec=nanosec)),
+        )
+        self.writer.write(self.topics["vocabulary"], timestamp_ns, serialize_message(message))
+
+    def write(
+        self, timestamp_ns: int, header: Header, rgb: np.ndarray, segmentation: Segmentation
+    ) -> None:
+        """The labels, result and overlay of one frame ((H, W, 3) uint8 RGB) at its bag
+        timestamp (ns) with its header; the overlay also to the video, at the first frame's
+        size."""
+        import cv2
+        from rclpy.serialization import serialize_message
+
+        from ovseg_ros.engine.render import render_overlay
+        from ovseg_ros.ros.conversions import array_to_image, segmentation_to_msg
+
+        assert self.writer is not None, "open() comes first"
+        overlay = render_overlay(rgb, segmentation, alpha=self.alpha)
+        for name, message in (
+            ("labels", array_to_image(segmentation.labels, "mono16", header)),
+            ("result", segmentation_to_msg(segmentation, header)),
+            ("overlay", array_to_image(overlay, "rgb8", header)),
+        ):
+            self.writer.write(self.topics[name], timestamp_ns, serialize_message(message))
+        if self.video_path is None:
+            return
+        if self.video is None:
+            self.video_size = overlay.shape[1::-1]
+            codec = cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.video_path.suffix.lower()])
+            self.video = cv2.VideoWriter(
+                str(self.video_path), codec, self.video_fps, self.video_size
+            )
+            if not self.video.isOpened():
+                raise RuntimeError(f"OpenCV cannot write the video {self.video_path}")
+        same_size = cv2.resize(overlay, self.video_size)
+        self.video.write(cv2.cvtColor(same_size, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.video is not None:
+            self.video.release()
+
+
+def run_segment_recording(args: argparse.Namespace, path: Path) -> int:
+    """`ovseg segment RECORDING`: segments the frames of one image topic and writes a new bag
+    with the node's outputs (_SegmentedRecording) at each frame's bag timestamp and with its
+    header. Frames are streamed: memory stays flat. A frame that does not decode is skipped
+    with one line; a recording that breaks off ends the run with the bag written so far."""
+    from ovseg_ros.engine.vocabulary import VocabularyEncoder
+    from ovseg_ros.recordings import RecordingError, open_recording
+
+    names = _vocabulary(args.vocab)
+    templates = _templates(args)
+    out, video_path = _recording_output(args, path)
+    messages = _image_messages()
+    every = args.every or 1
+    with open_recording(path) as recording:
+        topic = args.topic or _only_image_topic(recording)
+        frames = recording.frames(topic, args.start, args.end, every)  # checks all of them
+        output = _SegmentedRecording(
+            out,
+            args.storage or recording.storage,
+            video_path,
+            recording.frame_rate(topic) / every or 10.0,
+            args.alpha,
+        )
+        note_unknown_to_tiny_model(args.model, names)
+        segmenter = _build(args)
+        vocabulary = VocabularyEncoder(segmenter.clip).encode(names, templates)
+        expected = recording.expected_frames(topic, args.start, args.end, every)
+        progress = ProgressBar(expected, f"{path.name} {topic}", unit="frames")
+        read = segmented = 0
+        failure = None
+        try:
+            for frame in frames:
+                if output.writer is None:
+                    output.open(frame.timestamp_ns, vocabulary)
+                read += 1
+                try:
+                    header, rgb = _decode_frame(frame, messages)
+                    segmentation = segmenter.segment(rgb, vocabulary)
+                except ValueError as exc:
+                    at = (frame.timestamp_ns - recording.start_ns) / 1e9
+                    progress.message(f"ovseg segment: skipped the frame at {at:.3f} s: {exc}")
+                else:
+                    output.write(frame.timestamp_ns, header, rgb, segmentation)
+                    segmented += 1
+                progress.update(read, final=False)
+        except RecordingError as exc:
+            failure = exc
+        finally:
+            output.close()
+    if read == 0 and failure is None:
+        window = args.start is not None or args.end is not None
+        raise ValueError(f"{path}: no frames of {topic}" + (" from --start to --end" * window))
+    progress.update(read, final=True)
+    elapsed = time.monotonic() - progress.started
+    video = f"; overlay video {video_path}" if output.video is not None else ""
+    print(
+        f"{out}: {segmented} frames of {path} {topic} segmented, {read - segmented} skipped "
+        f"({segmented / elapsed:.2f} frames/s){video}"
+    )
+    if failure is not None:
+        kept = f"; {out} holds the frames before it" if output.writer is not None else ""
+        print(f"ovseg segment: error: {failure}{kept}", file=sys.stderr)
+        return 2
+    return 1 if read > segmented else 0
 
 
 EVAL_WORLDS = {
@@ -524,14 +799,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    segment = commands.add_parser("segment", help="segment image files")
-    segment.add_argument("images", nargs="+", help="image files")
+    segment = commands.add_parser("segment", help="segment image files or a ROS 2 recording")
+    segment.add_argument(
+        "images",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, or one ROS 2 recording: a bag folder (with metadata.yaml), or a "
+        ".mcap or .db3 file",
+    )
     segment.add_argument(
         "--vocab", required=True, help='comma-separated classes, "a|b" for synonyms'
     )
-    segment.add_argument("--out", default="ovseg-out", help="output folder (%(default)s)")
+    segment.add_argument(
+        "--out",
+        help="images: the output folder (ovseg-out); a recording: the output bag, a folder that "
+        "must not exist (NAME-ovseg)",
+    )
     segment.add_argument(
         "--alpha", type=_fraction, default=0.5, help="overlay opacity, 0 to 1 (%(default)s)"
+    )
+    recording = segment.add_argument_group(
+        "recording",
+        "a ROS 2 bag in, a bag out: the node's labels, result, overlay and vocabulary topics, at "
+        "each frame's bag timestamp, with its header",
+    )
+    recording.add_argument(
+        "--topic",
+        help="image topic, sensor_msgs/Image or CompressedImage (default: the only one)",
+    )
+    recording.add_argument("--every", type=_positive, help="segment every N-th frame only (1: all)")
+    recording.add_argument(
+        "--start", type=_seconds, help="seconds into the recording to start at (0)"
+    )
+    recording.add_argument(
+        "--end", type=_seconds, help="seconds into the recording to stop at (its end)"
+    )
+    recording.add_argument(
+        "--storage",
+        choices=RECORDING_STORAGES,
+        help="storage of the output bag (default: the recording's)",
+    )
+    recording.add_argument(
+        "--video",
+        help="also write the overlays to this video file (.mp4, .avi or .mkv), at the "
+        "recording's mean frame rate",
     )
     _add_model_arguments(segment)
     segment.set_defaults(run=run_segment)

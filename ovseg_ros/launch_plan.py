@@ -104,6 +104,12 @@ def launch_arguments(params_file: str) -> list[LaunchArgument]:
             "vocabulary", "", "Vocabulary override: \"['person', 'chair']\" or person,chair."
         ),
         LaunchArgument(
+            "use_sim_time",
+            "false",
+            "true: every segmenter (and RViz2) takes its time from /clock, as for a recording "
+            "replayed with `ros2 bag play --clock` or `ovseg_frame_publisher --bag`.",
+        ),
+        LaunchArgument(
             "rviz", "false", "true: start RViz2 showing each camera's overlay (and points)."
         ),
         LaunchArgument(
@@ -160,9 +166,11 @@ class SegmenterSpec:
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """The segmenters to start and, with rviz:=true, the RViz config to start RViz2 with."""
+    """The segmenters to start, whether RViz2 runs on /clock as they do (use_sim_time) and,
+    with rviz:=true, the RViz config to start RViz2 with."""
 
     segmenters: list[SegmenterSpec]
+    use_sim_time: bool = False
     rviz_config: dict[str, Any] | None = None
 
 
@@ -248,9 +256,13 @@ def parse_vocabulary(text: str) -> list[str]:
 
 def parameter_overrides(values: Mapping[str, str]) -> dict[str, Any]:
     """The parameters every segmenter gets on top of the params file: the input transport from
-    `compressed`, the vocabulary and the pass-through arguments that are not empty."""
+    `compressed`, ROS's `use_sim_time`, the vocabulary and the pass-through arguments that are
+    not empty."""
     compressed = parse_bool("compressed", values["compressed"])
-    overrides: dict[str, Any] = {"input_transport": "compressed" if compressed else "raw"}
+    overrides: dict[str, Any] = {
+        "input_transport": "compressed" if compressed else "raw",
+        "use_sim_time": parse_bool("use_sim_time", values["use_sim_time"]),
+    }
     if values["vocabulary"].strip():
         overrides["vocabulary"] = parse_vocabulary(values["vocabulary"])
     for name in PASS_THROUGH:
@@ -410,14 +422,15 @@ def plan_launch(
             segmenters = [shared_segmenter(cameras, base, params_file, parameters)]
         else:
             segmenters = [camera_segmenter(c, params_file, parameters) for c in cameras]
+    use_sim_time = parameters["use_sim_time"]
     if not parse_bool("rviz", values["rviz"]):
-        return LaunchPlan(segmenters)
+        return LaunchPlan(segmenters, use_sim_time)
     fixed_frame = values["fixed_frame"].strip()
     if not fixed_frame:
         raise LaunchError(f"fixed_frame must not be empty (e.g. {DEFAULT_FIXED_FRAME})")
     if find_rviz(ament_prefix_path) is None:
         raise LaunchError(RVIZ_MISSING)
-    return LaunchPlan(segmenters, rviz_config(segmenters, rviz_template, fixed_frame))
+    return LaunchPlan(segmenters, use_sim_time, rviz_config(segmenters, rviz_template, fixed_frame))
 
 
 def segmenter_exit_message(node_name: str, returncode: int) -> str:

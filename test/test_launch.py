@@ -63,6 +63,7 @@ def test_arguments_are_the_documented_ones_with_empty_pass_through_defaults():
         "cameras",
         "camera_processes",
         "vocabulary",
+        "use_sim_time",
         "rviz",
         "fixed_frame",
         "model",
@@ -78,6 +79,7 @@ def test_arguments_are_the_documented_ones_with_empty_pass_through_defaults():
     assert arguments["image"].default == "camera/color/image_raw"
     assert arguments["depth"].default == arguments["camera_info"].default == ""
     assert arguments["camera_processes"].default == "one"
+    assert arguments["use_sim_time"].default == "false"
     assert arguments["fixed_frame"].default == "camera_color_optical_frame"
     assert arguments["params_file"].default == PARAMS_FILE
     assert all(arguments[name].default == "" for name in PASS_THROUGH)
@@ -86,7 +88,7 @@ def test_arguments_are_the_documented_ones_with_empty_pass_through_defaults():
 
 @pytest.mark.parametrize("namespace", ["", "/"])
 @pytest.mark.parametrize("processes", ["one", "each", " Each "])
-def test_defaults_start_one_segmenter_that_overrides_nothing_but_transport_and_depth(
+def test_defaults_start_one_segmenter_that_overrides_only_transport_clock_and_depth(
     namespace, processes
 ):
     values = _values(namespace=namespace, camera_processes=processes)
@@ -96,7 +98,7 @@ def test_defaults_start_one_segmenter_that_overrides_nothing_but_transport_and_d
     assert spec.namespace == "/"
     assert spec.full_name == "/ovseg_segmenter"
     assert spec.params_file == PARAMS_FILE
-    assert spec.parameters == {"input_transport": "raw", "use_depth": False}
+    assert spec.parameters == {"input_transport": "raw", "use_sim_time": False, "use_depth": False}
     assert spec.remappings == (("image", "/camera/color/image_raw"),)
     assert spec.cameras == (
         CameraView("/", "/camera/color/image_raw", "/ovseg_segmenter/overlay", ""),
@@ -106,7 +108,12 @@ def test_defaults_start_one_segmenter_that_overrides_nothing_but_transport_and_d
 @pytest.mark.parametrize("name", PASS_THROUGH)
 def test_each_pass_through_argument_overrides_its_parameter_only_when_given(name):
     (spec,) = plan_launch(_values(**{name: " value-of-it "}), RVIZ_TEMPLATE).segmenters
-    assert spec.parameters == {"input_transport": "raw", "use_depth": False, name: "value-of-it"}
+    assert spec.parameters == {
+        "input_transport": "raw",
+        "use_sim_time": False,
+        "use_depth": False,
+        name: "value-of-it",
+    }
 
 
 @pytest.mark.parametrize(("processes", "nodes"), [("one", 1), ("each", 2)])
@@ -164,13 +171,27 @@ def test_vocabulary_as_yaml_list_or_comma_separated(text):
     assert spec.parameters["vocabulary"] == ["person", "chair"]
 
 
+@pytest.mark.parametrize(
+    ("given", "nodes"),
+    [({}, 1), ({"cameras": "a:/a/image,b:/b/image"}, 1),
+     ({"cameras": "a:/a/image,b:/b/image", "camera_processes": "each"}, 2)],
+)  # fmt: skip
+def test_use_sim_time_reaches_every_segmenter_as_the_ros_parameter(given, nodes):
+    plan = plan_launch(_values(use_sim_time=" True ", **given), RVIZ_TEMPLATE)
+    assert plan.use_sim_time is True
+    assert [s.parameters["use_sim_time"] for s in plan.segmenters] == [True] * nodes
+    for spec in plan.segmenters:
+        assert "use_sim_time:=true" in spec.ros_arguments()
+    assert not plan_launch(_values(**given), RVIZ_TEMPLATE).use_sim_time
+
+
 # --- depth ---------------------------------------------------------------------------------------
 
 
 def test_depth_sets_use_depth_and_remaps_depth_and_the_camera_info_beside_the_image():
     values = _values(namespace="robot1", depth=f" {DEPTH} ")
     (spec,) = plan_launch(values, RVIZ_TEMPLATE).segmenters
-    assert spec.parameters == {"input_transport": "raw", "use_depth": True}
+    assert spec.parameters == {"input_transport": "raw", "use_sim_time": False, "use_depth": True}
     assert spec.remappings == (
         ("image", "/robot1/camera/color/image_raw"),
         ("depth", "/robot1/camera/aligned_depth_to_color/image_raw"),
@@ -212,7 +233,11 @@ def test_camera_info_beside_an_absolute_image_topic():
 def test_compressed_with_depth_remaps_the_compressed_image_and_the_raw_depth():
     values = _values(compressed="true", image="/cam/color/image_raw", depth="/cam/depth")
     (spec,) = plan_launch(values, RVIZ_TEMPLATE).segmenters
-    assert spec.parameters == {"input_transport": "compressed", "use_depth": True}
+    assert spec.parameters == {
+        "input_transport": "compressed",
+        "use_sim_time": False,
+        "use_depth": True,
+    }
     assert spec.remappings == (
         ("image/compressed", "/cam/color/image_raw/compressed"),
         ("depth", "/cam/depth"),
@@ -229,6 +254,7 @@ def test_ros_arguments_with_depth():
         "-r", "depth:=/cam/depth",
         "-r", "camera_info:=/cam/color/camera_info",
         "-p", 'input_transport:="raw"',
+        "-p", "use_sim_time:=false",
         "-p", "use_depth:=true",
     ]  # fmt: skip
 
@@ -246,6 +272,7 @@ def test_cameras_in_one_process_one_segmenter_with_every_camera_as_absolute_topi
     assert spec.remappings == ()
     assert spec.parameters == {
         "input_transport": "raw",
+        "use_sim_time": False,
         "model": "m",
         "cameras": [
             "/robot1/front:/robot1/front/image_raw:/robot1/front/depth/image_raw"
@@ -278,14 +305,14 @@ def test_cameras_one_segmenter_each_in_its_namespace_under_namespace():
     front, rear = plan_launch(values, RVIZ_TEMPLATE).segmenters
     assert front.namespace == "/robot1/front"
     assert front.full_name == "/robot1/front/ovseg_segmenter"
-    assert front.parameters == {"input_transport": "raw", "use_depth": True}
+    assert front.parameters == {"input_transport": "raw", "use_sim_time": False, "use_depth": True}
     assert front.remappings == (
         ("image", "/robot1/front/image_raw"),
         ("depth", "/robot1/front/depth/image_raw"),
         ("camera_info", "/robot1/front/camera_info"),
     )
     assert rear.namespace == "/rear"
-    assert rear.parameters == {"input_transport": "raw", "use_depth": False}
+    assert rear.parameters == {"input_transport": "raw", "use_sim_time": False, "use_depth": False}
     assert rear.remappings == (("image", "/rear/image_raw"),)
     one_process = plan_launch(_values(namespace="robot1", cameras=CAMERAS), RVIZ_TEMPLATE)
     assert front.cameras + rear.cameras == one_process.segmenters[0].cameras
@@ -297,6 +324,7 @@ def test_compressed_cameras_in_one_process_leave_the_subscription_to_the_node():
     assert spec.remappings == ()
     assert spec.parameters == {
         "input_transport": "compressed",
+        "use_sim_time": False,
         "cameras": ["/front:/f/image:/f/depth:/f/camera_info", "/rear:/r/image"],
     }
     assert [c.input_topic for c in spec.cameras] == ["/f/image/compressed", "/r/image/compressed"]
@@ -379,6 +407,7 @@ def test_bad_cameras_are_refused_on_one_line_naming_the_item(cameras, named, pro
         ({"rviz": "yes"}, "rviz must be true or false"),
         ({"rviz": "true", "fixed_frame": " "}, "fixed_frame must not be empty"),
         ({"compressed": "1"}, "compressed must be true or false"),
+        ({"use_sim_time": "yes"}, "use_sim_time must be true or false, got 'yes'"),
         ({"vocabulary": "[person, chair"}, "vocabulary '\\[person, chair' is not a YAML list"),
     ],
 )
@@ -485,6 +514,7 @@ def test_ros_arguments_match_the_spec():
         "--params-file", PARAMS_FILE,
         "-r", "image:=/robot1/camera/color/image_raw",
         "-p", 'input_transport:="raw"',
+        "-p", "use_sim_time:=false",
         "-p", 'vocabulary:=["person", "chair"]',
         "-p", 'model:="on"',
         "-p", "use_depth:=false",
@@ -581,11 +611,12 @@ def test_launch_file_starts_the_planned_nodes_and_stops_on_a_segmenter_exit(monk
     assert nodes[0].kwargs["name"] == "ovseg_segmenter"
     assert nodes[0].kwargs["parameters"] == [
         str(REPO_ROOT / "config" / "segmenter.yaml"),
-        {"input_transport": "raw", "model": "m", "use_depth": False},
+        {"input_transport": "raw", "use_sim_time": False, "model": "m", "use_depth": False},
     ]
     assert nodes[0].kwargs["remappings"] == [("image", "/front/image")]
     rviz = nodes[2]
     assert rviz.kwargs["package"] == "rviz2"
+    assert rviz.kwargs["parameters"] == [{"use_sim_time": False}]
     rviz_file = Path(rviz.kwargs["arguments"][1])
     displays = yaml.safe_load(rviz_file.read_text())["Visualization Manager"]["Displays"]
     rviz_file.unlink()
@@ -612,6 +643,7 @@ def test_launch_file_starts_one_segmenter_for_every_camera(monkeypatch, tmp_path
     assert segmenter.kwargs["remappings"] == []
     assert segmenter.kwargs["parameters"][1] == {
         "input_transport": "raw",
+        "use_sim_time": False,
         "cameras": ["/front:/f/image:/f/depth:/f/camera_info", "/rear:/r/image"],
     }
     rviz_file = Path(rviz.kwargs["arguments"][1])
@@ -656,6 +688,7 @@ def test_segmenter_process_in_a_namespace_uses_the_namespaced_topics(ros_context
         model=TINY_MODEL,
         checkpoint=str(TINY_CHECKPOINT),
         vocabulary="circle,square",
+        use_sim_time="true",
     )
     (spec,) = plan_launch(values, RVIZ_TEMPLATE).segmenters
     (camera,) = spec.cameras
@@ -680,11 +713,11 @@ def test_segmenter_process_in_a_namespace_uses_the_namespaced_topics(ros_context
 
     try:
         client = node.create_client(GetParameters, "/robot1/ovseg_segmenter/get_parameters")
-        names = ["model", "checkpoint", "vocabulary", "input_transport"]
+        names = ["model", "checkpoint", "vocabulary", "input_transport", "use_sim_time"]
         response = call_service(executor, client, GetParameters.Request(names=names))
         assert response is not None, stop()
         got = [parameter_value_to_python(v) for v in response.values]
-        assert got == [TINY_MODEL, str(TINY_CHECKPOINT), ["circle", "square"], "raw"]
+        assert got == [TINY_MODEL, str(TINY_CHECKPOINT), ["circle", "square"], "raw", True]
         assert camera.input_topic == "/robot1/camera/color/image_raw"
         assert spin_until(
             executor,

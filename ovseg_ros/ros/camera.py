@@ -163,6 +163,13 @@ class CameraStream:
         )
         self.pending: Image | CompressedImage | None = None
         self.last_start = -float("inf")
+        self.last_arrival: float | None = None
+        """time.monotonic() when the newest frame arrived; None before the first."""
+        self.silent = False
+        """Whether the node has said that this camera stopped (check_input), until a frame
+        comes."""
+        self.noted_ahead = False
+        """Whether the node has said that this camera's frames are ahead of its clock."""
         self._notify = notify
         self._tolerance_s = tolerance_s
         self._camera_info: CameraInfo | None = None
@@ -174,11 +181,12 @@ class CameraStream:
             node.create_publisher(PointCloud2, f"{outputs}/points", 1) if topics.has_depth else None
         )
         if compressed:
-            node.create_subscription(
+            image_sub = node.create_subscription(
                 CompressedImage, f"{topics.image}/compressed", self._on_image, input_qos
             )
         else:
-            node.create_subscription(Image, topics.image, self._on_image, input_qos)
+            image_sub = node.create_subscription(Image, topics.image, self._on_image, input_qos)
+        self.image_topic = image_sub.topic_name
         if self.depth is not None:
             depth_qos = QoSProfile(
                 depth=DEPTH_BUFFER,
@@ -194,10 +202,14 @@ class CameraStream:
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         """Keeps only the newest frame (and holds its depth); the node's worker takes it from
-        there."""
+        there. Says so when frames return after check_input reported the camera silent."""
         if self.depth is not None:
             self.depth.expect(stamp_ns(msg), round(self._tolerance_s() * 1e9))
+        now = time.monotonic()
         with self._notify:
+            returned_after = now - self.last_arrival if self.silent else None
+            self.silent = False
+            self.last_arrival = now
             self.stats.received += 1
             if self.pending is not None:
                 self.stats.replaced += 1
@@ -205,6 +217,24 @@ class CameraStream:
                     self.depth.pop(stamp_ns(self.pending))
             self.pending = msg
             self._notify.notify()
+        if returned_after is not None:
+            self.logger.info(f"frames on {self.image_topic} again after {returned_after:.1f} s")
+
+    def check_input(self, timeout_s: float) -> None:
+        """Says once that the camera stopped when it has sent frames but none for more than
+        timeout_s seconds (time.monotonic(); 0 = never)."""
+        now = time.monotonic()
+        with self._notify:
+            if timeout_s <= 0 or self.silent or self.last_arrival is None:
+                return
+            silence = now - self.last_arrival
+            if silence <= timeout_s:
+                return
+            self.silent = True
+        self.logger.warning(
+            f"no frame for {silence:.1f} s on {self.image_topic} (input_timeout_s={timeout_s:g}); "
+            "waiting for the camera"
+        )
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg

@@ -50,6 +50,7 @@ class SegmenterParameters:
     min_proposal_area: int
     max_rate_hz: float
     max_age_s: float
+    input_timeout_s: float
     pipeline: bool
     overlay_alpha: float
     input_transport: str
@@ -86,6 +87,7 @@ DEFAULTS = SegmenterParameters(
     min_proposal_area=SegmenterConfig.min_proposal_area,
     max_rate_hz=0.0,
     max_age_s=1.0,
+    input_timeout_s=5.0,
     pipeline=False,
     overlay_alpha=0.5,
     input_transport="raw",
@@ -110,6 +112,7 @@ DYNAMIC = {
     "min_proposal_area",
     "max_rate_hz",
     "max_age_s",
+    "input_timeout_s",
     "max_image_side",
     "max_input_pixels",
     "overlay_alpha",
@@ -218,7 +221,13 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
         {"floating_point_range": [FloatingPointRange(from_value=0.0, to_value=1000.0, step=0.0)]},
     ),
     "max_age_s": (
-        "Frames older than this when processing starts are dropped; 0 = never drop.",
+        "Frames older than this (their stamp against this node's clock, which is /clock with "
+        "use_sim_time) when processing starts are dropped; 0 = never drop.",
+        {"floating_point_range": [FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)]},
+    ),
+    "input_timeout_s": (
+        "A camera that has sent frames and then sends none for this long (seconds, steady "
+        "clock) is reported once, and again when its frames return; 0 = never.",
         {"floating_point_range": [FloatingPointRange(from_value=0.0, to_value=3600.0, step=0.0)]},
     ),
     "pipeline": (

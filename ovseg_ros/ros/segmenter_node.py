@@ -8,7 +8,10 @@ stage 1 runs per frame, stage 2's CLIP forwards once for the batch (segment_batc
 `pipeline`, a second worker runs stage 2 while the first decodes the next batch and proposes its
 masks; one prepared batch at most waits between them. Vocabulary changes are validated in the
 set-parameters callback and encoded on a second thread, then swapped in as one object, so every
-result carries the class names and version it was computed with.
+result carries the class names and version it was computed with. Frame ages (max_age_s) are
+measured on the node's clock, /clock with use_sim_time; the rate limit and the check for silent
+cameras (input_timeout_s) use the steady clock, so a /clock that stops or jumps back stalls
+nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import Any
 
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType, JumpHandle, JumpThreshold, TimeJump
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -56,7 +61,12 @@ from ovseg_ros.ros.conversions import (
     segmentation_to_msg,
     vocabulary_to_msg,
 )
-from ovseg_ros.ros.parameters import SegmenterParameters, check_value, declare_parameters
+from ovseg_ros.ros.parameters import (
+    DESCRIPTIONS,
+    SegmenterParameters,
+    check_value,
+    declare_parameters,
+)
 from ovseg_ros.ros.runner import exit_now, run_node
 
 
@@ -115,6 +125,17 @@ encodes about 100 prompts a second: 1000 classes x 80 templates take about 13 mi
 
 PROGRESS_INTERVAL_S = 5.0
 
+INPUT_CHECK_PERIOD_S = 0.2
+"""How often (seconds, steady clock) the cameras are checked against input_timeout_s."""
+
+CLOCK_JUMP_S = 1.0
+"""The node's clock going back by more than this (seconds) is said (once): a /clock source that
+loops or restarts, not two /clock messages out of order."""
+
+RECORDING_AGE_S = 60.0
+"""Frames dropped for being older than this (seconds) against the node's clock are taken for a
+recording replayed without simulation time, and the warning says what to set."""
+
 
 class SegmenterNode(Node):
     """Open-vocabulary segmentation of a camera stream (see README.md for topics and parameters)."""
@@ -132,6 +153,8 @@ class SegmenterNode(Node):
         self._vocabulary_requests: queue.Queue[VocabularyRequest] = queue.Queue()
         self._parameters_lock = threading.RLock()
         self._warned_formats: set[str] = set()
+        self._jump_handle: JumpHandle | None = None
+        self._jumped_back = False
         super().__init__("ovseg_segmenter", **node_kwargs)
         self.params: SegmenterParameters = declare_parameters(self)
         p = self.params
@@ -171,6 +194,16 @@ class SegmenterNode(Node):
         self._publish_vocabulary(self.vocabulary)
         self.cameras = self._make_cameras(p)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        # Steady, not the node's clock: that one may be /clock, which stops or jumps.
+        self.create_timer(
+            INPUT_CHECK_PERIOD_S, self._check_inputs, clock=Clock(clock_type=ClockType.STEADY_TIME)
+        )
+        backward = JumpThreshold(
+            min_forward=None, min_backward=Duration(seconds=-CLOCK_JUMP_S), on_clock_change=False
+        )
+        self._jump_handle = self.get_clock().create_jump_callback(
+            backward, post_callback=self._on_clock_jump
+        )
 
         self._prepared: queue.Queue[PreparedBatch] | None = None
         self._workers = [
@@ -239,10 +272,30 @@ class SegmenterNode(Node):
         return sum((camera.stats for camera in self.cameras), FrameStats())
 
     def _frame_age_s(self, header: Header) -> float:
-        stamp = Time.from_msg(header.stamp, clock_type=self.get_clock().clock_type)
-        if stamp.nanoseconds == 0:
+        """Seconds from the frame's stamp to this node's clock (negative: a stamp ahead of the
+        clock); 0 for a zero stamp, and under use_sim_time before the first /clock."""
+        clock = self.get_clock()
+        stamp = Time.from_msg(header.stamp, clock_type=clock.clock_type)
+        now = clock.now()
+        if stamp.nanoseconds == 0 or now.nanoseconds == 0:
             return 0.0
-        return (self.get_clock().now() - stamp).nanoseconds * 1e-9
+        return (now - stamp).nanoseconds * 1e-9
+
+    def _on_clock_jump(self, jump: TimeJump) -> None:
+        """Says the first time the node's clock jumps back (a /clock source that loops or
+        restarts); frame ages are measured against the new time at once."""
+        if self._jumped_back:
+            return
+        self._jumped_back = True
+        self.get_logger().info(
+            f"the clock jumped back {-jump.delta.nanoseconds * 1e-9:.1f} s (a looping replay?); "
+            "frames keep being answered (said once)"
+        )
+
+    def _check_inputs(self) -> None:
+        """Timer: says which cameras have stopped sending frames (input_timeout_s)."""
+        for camera in self.cameras:
+            camera.check_input(self.params.input_timeout_s)
 
     # --- processing -------------------------------------------------------------------------
     def _next_batch(self) -> list[tuple[CameraStream, Image | CompressedImage]] | None:
@@ -286,23 +339,53 @@ class SegmenterNode(Node):
                 self._hand_over(batch)
 
     def _is_stale(self, camera: CameraStream, msg: Image | CompressedImage) -> bool:
-        """Counts and logs a frame older than max_age_s; raises ImageConversionError for a
-        stamp before 1970 (negative seconds), which no clock can be compared with."""
+        """Counts and logs (at most every 5 s per camera, with the age and what to do) a frame
+        older than max_age_s; a frame ahead of the node's clock by more than max_age_s is kept,
+        and said once per camera. Raises ImageConversionError for a stamp before 1970
+        (negative seconds), which no clock can be compared with."""
         stamp = msg.header.stamp
         if stamp.sec < 0:
             raise ImageConversionError(f"the frame's stamp is negative ({stamp.sec} s)")
         max_age = self.params.max_age_s
+        if max_age <= 0:
+            return False
         age = self._frame_age_s(msg.header)
-        if max_age <= 0 or age <= max_age:
+        if age < -max_age and not camera.noted_ahead:
+            camera.noted_ahead = True
+            camera.logger.warning(
+                f"frames are {-age:.1f} s ahead of this node's clock (max_age_s={max_age:g}): "
+                f"{self._ahead_hint()}; they are answered, not dropped (said once)"
+            )
+        if age <= max_age:
             return False
         with self._frame_lock:
             camera.stats.dropped_stale += 1
         camera.logger.warning(
-            f"dropped a frame {age:.1f} s old, older than max_age_s={max_age:g} "
-            f"({camera.stats.dropped_stale} so far)",
+            f"dropped frames {age:.1f} s older than this node's clock (max_age_s={max_age:g}): "
+            f"{self._stale_hint(age)} ({camera.stats.dropped_stale} dropped so far)",
             throttle_duration_sec=5.0,
         )
         return True
+
+    def _stale_hint(self, age_s: float) -> str:
+        """What to check when frames are `age_s` seconds older than the node's clock."""
+        if self.get_clock().ros_time_is_active:
+            return "use_sim_time is true: does /clock come from the same recording as the frames?"
+        if age_s > RECORDING_AGE_S:
+            return (
+                "replaying a recording? set use_sim_time:=true with a /clock source, or "
+                "max_age_s:=0"
+            )
+        return (
+            "segmenting takes longer than that, or the camera's clock is behind this machine's; "
+            "raise max_age_s (0: never drop)"
+        )
+
+    def _ahead_hint(self) -> str:
+        """What to check when frames are ahead of the node's clock."""
+        if self.get_clock().ros_time_is_active:
+            return "use_sim_time is true and /clock is behind the frames (a replay that loops?)"
+        return "the camera's clock runs ahead of this machine's (synchronise them)"
 
     def _serve(self, items: queue.Queue, handle: Callable[[Any], object]) -> None:
         """A worker that hands each item of `items` to `handle`, in order, until the node
@@ -472,7 +555,11 @@ class SegmenterNode(Node):
         change that differs from the last accepted one is queued for encoding."""
         with self._parameters_lock:
             try:
-                changes = {param.name: check_value(param.name, param.value) for param in parameters}
+                changes = {
+                    param.name: check_value(param.name, param.value)
+                    for param in parameters
+                    if param.name in DESCRIPTIONS  # not use_sim_time: rclpy's own
+                }
                 request = VocabularyRequest.from_parameters(
                     changes.get("vocabulary", self.params.vocabulary),
                     changes.get("prompt_templates", self.params.prompt_templates),
@@ -594,6 +681,9 @@ class SegmenterNode(Node):
 
     def destroy_node(self) -> None:
         self.stop(timeout_s=10.0)
+        if self._jump_handle is not None:
+            self._jump_handle.unregister()
+            self._jump_handle = None
         super().destroy_node()
 
 
