@@ -20,7 +20,7 @@ from ovseg_ros.msg import SegmentationResult
 from ovseg_ros.ros.segmenter_node import SegmenterNode
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-TIMEOUT_S = 0.5
+TIMEOUT_S = 1.5
 
 
 class Cameras:
@@ -88,7 +88,8 @@ class Cameras:
 def _stopped(log: str, topic: str) -> list[str]:
     """The seconds of silence in each "no frame" line of `topic`."""
     return re.findall(
-        rf"no frame for (\d+\.\d) s on {topic} \(input_timeout_s=0\.5\); waiting for the camera",
+        rf"no frame for (\d+\.\d) s on {topic} \(input_timeout_s={TIMEOUT_S:g}\); waiting for the "
+        "camera",
         log,
     )
 
@@ -114,14 +115,14 @@ def test_a_camera_that_stops_and_returns_is_said_once_each_and_answered_at_once(
     cameras.spin(lambda: False, 3 * TIMEOUT_S)  # stopped: said once, however long
     log = capfd.readouterr().err
     (silence,) = _stopped(log, "/image")
-    assert TIMEOUT_S <= float(silence) < 1.5
+    assert TIMEOUT_S <= float(silence) < TIMEOUT_S + 1.0
     assert _back(log, "/image") == []
 
     assert cameras.time_to_answer("") < 1.0
     cameras.stream([""], 1.0)
     log = capfd.readouterr().err
     (gap,) = _back(log, "/image")
-    assert 3 * TIMEOUT_S <= float(gap) < 3.0
+    assert 3 * TIMEOUT_S <= float(gap) < 3 * TIMEOUT_S + 2.5
     assert _stopped(log, "/image") == []
     stats = cameras.segmenter.stats
     assert stats.dropped_stale == stats.invalid == 0
@@ -152,7 +153,7 @@ def test_one_camera_of_two_stops_and_returns_while_the_other_keeps_going(ros_con
         assert cameras.spin(lambda: len(cameras.results["rear"]) > rear_before + 3, 10.0)
         log = capfd.readouterr().err
         (silence,) = _stopped(log, "/front/image")
-        assert TIMEOUT_S <= float(silence) < 1.5
+        assert TIMEOUT_S <= float(silence) < TIMEOUT_S + 1.0
         assert "[ovseg_segmenter.front]: no frame for" in log
         assert _stopped(log, "/rear/image") == []
 
@@ -160,7 +161,7 @@ def test_one_camera_of_two_stops_and_returns_while_the_other_keeps_going(ros_con
         cameras.stream(["front", "rear"], 1.0)
         log = capfd.readouterr().err
         (gap,) = _back(log, "/front/image")
-        assert 3 * TIMEOUT_S <= float(gap) < 3.0
+        assert 3 * TIMEOUT_S <= float(gap) < 3 * TIMEOUT_S + 2.5
         assert "[ovseg_segmenter.front]: frames on /front/image again" in log
         assert _back(log, "/rear/image") == _stopped(log, "/rear/image") == []
         for camera in cameras.segmenter.cameras:
