@@ -25,7 +25,7 @@ setup(
     packages=[*find_packages(include=["ovseg_ros", "ovseg_ros.*"]), "ovseg_ros.models"],
     package_dir={"ovseg_ros.models": "models"},
     package_data={
-        "ovseg_ros.engine": ["model_configs/*.json"],
+        "ovseg_ros.engine": ["model_configs/*.json", "class_lists/*.txt"],
         "ovseg_ros.models": ["*.safetensors"],
     },
     install_requires=requirements,

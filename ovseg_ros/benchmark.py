@@ -28,7 +28,7 @@ from ovseg_ros.engine.clip_model import ClipModel
 from ovseg_ros.engine.maskformer.checkpoint import save_maskformer
 from ovseg_ros.engine.maskformer.model import MaskFormer, MaskFormerConfig
 from ovseg_ros.engine.options import (
-    DEFAULT_MAX_IMAGE_SIDE,
+    DEFAULT_PROCESSING_SIZE,
     DEFAULT_PROPOSAL_GENERATOR,
     SAM_GENERATORS,
 )
@@ -39,12 +39,12 @@ from ovseg_ros.engine.proposals.base import (
 )
 from ovseg_ros.engine.proposals.maskformer import MaskFormerProposalGenerator
 from ovseg_ros.engine.render import render_overlay
+from ovseg_ros.engine.resize import ProcessingSize
 from ovseg_ros.engine.segmenter import (
     SegmenterConfig,
     TwoStageSegmenter,
     build_segmenter,
     enter_pipeline_threads,
-    processing_size,
 )
 from ovseg_ros.engine.vocabulary import EncodedVocabulary, VocabularyEncoder
 
@@ -59,8 +59,8 @@ STAGES = (
     "render",
     "convert",
 )
-"""Per-frame stages reported, in pipeline order (resize: the downscale to the processing size,
-only when the frame is larger; convert: Segmentation -> ROS messages)."""
+"""Per-frame stages reported, in pipeline order (resize: to the processing size, only when it
+differs from the frame's; convert: Segmentation -> ROS messages)."""
 
 VOCABULARY = ["person", "chair", "table", "floor", "wall", "door", "window", "plant"]
 
@@ -68,8 +68,8 @@ VOCABULARY = ["person", "chair", "table", "floor", "wall", "door", "window", "pl
 @dataclass
 class BenchSettings:
     """What to benchmark. weights: exactly one of pretrained, checkpoint, or neither (random).
-    width x height: the frame's size; max_image_side: SegmenterConfig.max_image_side, the
-    processing size (0 = the frame's own)."""
+    width x height: the frame's size; processing_size: SegmenterConfig.processing_size as text
+    ("640", "short:512:2048", "0" = the frame's own; resize.ProcessingSize)."""
 
     model: str = "ViT-B-16"
     pretrained: str | None = None
@@ -86,7 +86,7 @@ class BenchSettings:
     iterations: int = 5
     warmup: int = 1
     pipeline: bool = False
-    max_image_side: int = DEFAULT_MAX_IMAGE_SIDE
+    processing_size: str = DEFAULT_PROCESSING_SIZE
     profile: bool = False
 
 
@@ -343,14 +343,14 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
         precision=settings.precision,
         proposal_generator=DEFAULT_PROPOSAL_GENERATOR if replaced else settings.proposal_generator,
         max_proposals=settings.proposals,
-        config=SegmenterConfig(max_image_side=settings.max_image_side),
+        config=SegmenterConfig(processing_size=settings.processing_size),
         random_weights=random_weights,
         compile_image_tower=settings.compile_image_tower,
     )
     if random_maskformer:
         segmenter.proposals = random_reference_maskformer(
             segmenter.clip,
-            processing_size(settings.height, settings.width, settings.max_image_side),
+            segmenter.config.processing_size.shape(settings.height, settings.width),
             settings.proposals,
         )
     if segment_anything:
@@ -431,8 +431,9 @@ def run_benchmark(settings: BenchSettings) -> BenchResult:
 
 
 def _size_cell(settings: BenchSettings) -> str:
-    """ "WxH", with the processing size when the frame is downscaled: "1920x1080 (at 640x360)"."""
-    height, width = processing_size(settings.height, settings.width, settings.max_image_side)
+    """ "WxH", with the processing size when the frame is resized: "1920x1080 (at 640x360)"."""
+    processing = ProcessingSize.parse(settings.processing_size)
+    height, width = processing.shape(settings.height, settings.width)
     cell = f"{settings.width}x{settings.height}"
     return (
         cell
@@ -587,7 +588,7 @@ def run_node_benchmark(settings: BenchSettings) -> NodeFigures:
             "compile_image_tower": settings.compile_image_tower,
             "proposal_generator": settings.proposal_generator,
             "max_proposals": settings.proposals,
-            "max_image_side": settings.max_image_side,
+            "processing_size": settings.processing_size,
             "classifier": settings.classifier,
             "vocabulary": VOCABULARY,
             "prompt_templates": ["single"],

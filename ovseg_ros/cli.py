@@ -23,14 +23,18 @@ from typing import TYPE_CHECKING, NoReturn
 
 from ovseg_ros.engine.options import (
     CLASSIFIERS,
+    DATASET_PROTOCOLS,
     DEFAULT_CLASSIFIER,
+    DEFAULT_ENSEMBLE_WEIGHT,
     DEFAULT_MASK_THRESHOLD,
-    DEFAULT_MAX_IMAGE_SIDE,
     DEFAULT_MIN_PROPOSAL_AREA,
+    DEFAULT_PROCESSING_SIZE,
     DEFAULT_PROPOSAL_GENERATOR,
     DEFAULT_PROPOSAL_MODEL,
+    DEFAULT_REJECTION,
     DEFAULT_UNLABELED_THRESHOLD,
     DEVICES,
+    PAPER_SETTINGS,
     PRECISIONS,
     PROPOSAL_GENERATORS,
     TINY_MODEL,
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
     import numpy as np
     from std_msgs.msg import Header
 
+    from ovseg_ros.engine.resize import ProcessingSize
     from ovseg_ros.engine.segmentation import Segmentation
     from ovseg_ros.engine.segmenter import TwoStageSegmenter
     from ovseg_ros.engine.vocabulary import EncodedVocabulary
@@ -186,8 +191,17 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--templates",
         action="append",
-        help="prompt template set (single, imagenet80, vild14) or a template with '{}'; "
-        "repeatable (default: single for the tiny model, else vild14)",
+        help="prompt template set (single, sculpture, imagenet80, vild14) or a template with "
+        "'{}'; repeatable (default: single for the tiny model, else vild14); 'learned': the "
+        "learned prompt vectors of a zsseg proposal checkpoint",
+    )
+    group.add_argument(
+        "--paper",
+        choices=PAPER_SETTINGS,
+        help="run as the reference implementation's config of that name does (with its "
+        "checkpoint as --proposal-checkpoint): maskformer proposals, crop, fp32, every non-empty "
+        "mask, its test resize, prompts, ensemble weight and mask threshold; options given "
+        "explicitly still apply",
     )
     group.add_argument(
         "--compile", action="store_true", help="torch.compile the CLIP image tower (crop path)"
@@ -214,10 +228,23 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--mask-threshold", type=_fraction, default=DEFAULT_MASK_THRESHOLD, help="(%(default)s)"
     )
     group.add_argument(
+        "--ensemble-weight",
+        type=_fraction,
+        default=DEFAULT_ENSEMBLE_WEIGHT,
+        help="lambda of the geometric ensemble with a maskformer's class scores (%(default)s)",
+    )
+    group.add_argument(
         "--min-proposal-area",
         type=_count,
         default=DEFAULT_MIN_PROPOSAL_AREA,
         help="proposals with fewer pixels are dropped before CLIP (%(default)s)",
+    )
+    group.add_argument(
+        "--rejection",
+        type=_fraction,
+        default=DEFAULT_REJECTION,
+        help="open-set rejection strength: pixels less likely than this to show one of the "
+        "vocabulary's classes are left unlabeled as unknown; 0 = off (%(default)s)",
     )
     group.add_argument(
         "--unlabeled-threshold",
@@ -225,7 +252,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_UNLABELED_THRESHOLD,
         help="pixels scoring below it are left unlabeled (%(default)s)",
     )
-    _add_max_image_side(group)
+    _add_processing_size(group)
 
 
 def _add_proposal_model(parser: argparse._ActionsContainer) -> None:
@@ -238,14 +265,26 @@ def _add_proposal_model(parser: argparse._ActionsContainer) -> None:
     )
 
 
-def _add_max_image_side(parser: argparse._ActionsContainer) -> None:
+def _processing_size(text: str) -> ProcessingSize:
+    """argparse type: a processing size (resize.ProcessingSize.parse)."""
+    from ovseg_ros.engine.resize import ProcessingSize
+
+    try:
+        return ProcessingSize.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _add_processing_size(parser: argparse._ActionsContainer) -> None:
     """The processing-size option, shared by the model options and `bench`."""
     parser.add_argument(
-        "--max-image-side",
-        type=_count,
-        default=DEFAULT_MAX_IMAGE_SIDE,
-        help="processing size: images with a longer side are downscaled to it for both stages, "
-        "results come back at full size; 0 = native (%(default)s)",
+        "--processing-size",
+        type=_processing_size,
+        default=DEFAULT_PROCESSING_SIZE,
+        help="the size both stages see: N or long:N, the long side at most N (downscale only); "
+        "short:N or short:N:M, the short side N, up or down, the long side then at most M "
+        "(short:512:2048 is the reference's test-time resize); 0 or native, as it is. Results "
+        "come back at the input's size (%(default)s)",
     )
 
 
@@ -267,9 +306,22 @@ def _build(args: argparse.Namespace) -> TwoStageSegmenter:
         unlabeled_threshold=args.unlabeled_threshold,
         min_proposal_area=args.min_proposal_area,
         classifier=args.classifier,
-        max_image_side=args.max_image_side,
+        processing_size=args.processing_size,
+        ensemble_weight=args.ensemble_weight,
+        rejection=args.rejection,
     )
-    return build_segmenter(
+    paper: dict[str, object] = {}
+    if args.paper:
+        from ovseg_ros.engine.paper import check_checkpoint, paper_setting
+
+        setting = paper_setting(args.paper)
+        if not args.proposal_checkpoint or args.proposals != "maskformer":
+            raise ValueError(
+                f"--paper {args.paper} runs the reference's own checkpoint: give its "
+                "model_final.pth as --proposal-checkpoint (with the maskformer proposals)"
+            )
+        paper = {"head_prompts": setting.head_prompts, "trained_classes": setting.trained_classes}
+    segmenter = build_segmenter(
         args.model,
         pretrained=pretrained,
         checkpoint=checkpoint,
@@ -281,7 +333,46 @@ def _build(args: argparse.Namespace) -> TwoStageSegmenter:
         proposal_checkpoint=args.proposal_checkpoint,
         compile_image_tower=args.compile,
         proposal_model=args.proposal_model or None,
+        **paper,
     )
+    if args.paper:
+        check_checkpoint(setting, segmenter)
+    return segmenter
+
+
+def _encoder(segmenter: TwoStageSegmenter):
+    """A VocabularyEncoder on the segmenter's CLIP, with its learned prompts (if any)."""
+    from ovseg_ros.engine.vocabulary import VocabularyEncoder
+
+    return VocabularyEncoder(segmenter.clip, learned=segmenter.learned_text)
+
+
+def preset_defaults(args: argparse.Namespace) -> dict[str, object]:
+    """Option defaults that --paper and eval's --protocol (named or implied by --paper) set, by
+    argparse dest: the paper setting's values and the protocol's test resize. Empty without
+    either. Options given on the command line override them (main parses twice)."""
+    defaults: dict[str, object] = {}
+    protocol = getattr(args, "protocol", None)
+    if args.paper:
+        from ovseg_ros.engine.paper import paper_setting
+
+        setting = paper_setting(args.paper)
+        values = setting.settings()
+        del values["prompt_templates"]  # _templates: --templates appends to a default list
+        defaults = {"proposals": values.pop("proposal_generator"), **values}
+        if args.command == "eval" and not args.dataset.startswith("toy:"):
+            if protocol and protocol != setting.protocol:
+                raise ValueError(
+                    f"--paper {args.paper} evaluates on --protocol {setting.protocol}, not "
+                    f"{protocol}; leave --protocol out or pick the paper setting of that dataset"
+                )
+            protocol = setting.protocol
+            defaults["protocol"] = protocol
+    if protocol and "processing_size" not in defaults:
+        from ovseg_ros.engine.dataset_protocols import dataset_protocol
+
+        defaults["processing_size"] = dataset_protocol(protocol).processing_size
+    return defaults
 
 
 def _templates(args: argparse.Namespace) -> list[str]:
@@ -289,6 +380,10 @@ def _templates(args: argparse.Namespace) -> list[str]:
     from ovseg_ros.engine.prompts import resolve_templates
 
     templates = args.templates or (["single"] if args.model == TINY_MODEL else ["vild14"])
+    if args.paper and not args.templates:
+        from ovseg_ros.engine.paper import paper_setting
+
+        templates = paper_setting(args.paper).settings()["prompt_templates"]
     resolve_templates(templates)
     return templates
 
@@ -367,7 +462,6 @@ def run_segment(args: argparse.Namespace) -> int:
     import cv2
 
     from ovseg_ros.engine.render import render_overlay
-    from ovseg_ros.engine.vocabulary import VocabularyEncoder
     from ovseg_ros.recordings import is_recording
 
     inputs = [Path(text) for text in args.images]
@@ -392,7 +486,7 @@ def run_segment(args: argparse.Namespace) -> int:
         return 2
     note_unknown_to_tiny_model(args.model, names)
     segmenter = _build(args)
-    vocabulary = VocabularyEncoder(segmenter.clip).encode(names, templates)
+    vocabulary = _encoder(segmenter).encode(names, templates)
     out = Path(args.out or "ovseg-out")
     out.mkdir(parents=True, exist_ok=True)
     failures = len(args.images) - len(paths)
@@ -404,6 +498,7 @@ def run_segment(args: argparse.Namespace) -> int:
                 "image": str(path),
                 "class_names": segmentation.class_names,
                 "vocabulary_version": segmentation.vocabulary_version,
+                "rejected_pixels": segmentation.rejected_pixels,
                 "timings_ms": segmentation.timings_ms,
                 "segments": [
                     {
@@ -585,7 +680,6 @@ def run_segment_recording(args: argparse.Namespace, path: Path) -> int:
     with the node's outputs (_SegmentedRecording) at each frame's bag timestamp and with its
     header. Frames are streamed: memory stays flat. A frame that does not decode is skipped
     with one line; a recording that breaks off ends the run with the bag written so far."""
-    from ovseg_ros.engine.vocabulary import VocabularyEncoder
     from ovseg_ros.recordings import RecordingError, open_recording
 
     names = _vocabulary(args.vocab)
@@ -605,7 +699,7 @@ def run_segment_recording(args: argparse.Namespace, path: Path) -> int:
         )
         note_unknown_to_tiny_model(args.model, names)
         segmenter = _build(args)
-        vocabulary = VocabularyEncoder(segmenter.clip).encode(names, templates)
+        vocabulary = _encoder(segmenter).encode(names, templates)
         expected = recording.expected_frames(topic, args.start, args.end, every)
         progress = ProgressBar(expected, f"{path.name} {topic}", unit="frames")
         read = segmented = 0
@@ -668,6 +762,15 @@ def _eval_dataset(args: argparse.Namespace):
         raise ValueError(
             f"unknown generated dataset {args.dataset!r}; known: {', '.join(EVAL_WORLDS)}"
         )
+    if args.protocol:
+        from ovseg_ros.engine.dataset_protocols import open_protocol_dataset
+
+        if (args.image_dir, args.label_dir) != ("images", "labels"):
+            raise ValueError(
+                f"--protocol {args.protocol} fixes the folders; leave out --image-dir and "
+                "--label-dir"
+            )
+        return open_protocol_dataset(args.dataset, args.protocol)
     root = Path(args.dataset)
     label_dir = args.label_dir
     if root.is_dir() and not (root / label_dir).exists() and (root / "instances").is_dir():
@@ -683,7 +786,6 @@ def run_eval(args: argparse.Namespace) -> int:
     """`ovseg eval`: metrics.json and metrics.md in --out; with --proposals-only (or a folder of
     images and instances only) stage 1 alone and its class-agnostic figures."""
     from ovseg_ros.engine.evaluate import evaluate, evaluate_proposals, metrics_markdown
-    from ovseg_ros.engine.vocabulary import VocabularyEncoder
 
     dataset = _eval_dataset(args)
     proposals_only = args.proposals_only or not dataset.class_names
@@ -697,7 +799,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if proposals_only:
         evaluation = evaluate_proposals(segmenter, samples, on_image=progress.update)
     else:
-        vocabulary = VocabularyEncoder(segmenter.clip).encode(dataset.class_names, templates)
+        vocabulary = _encoder(segmenter).encode(dataset.class_names, templates)
         evaluation = evaluate(
             segmenter,
             vocabulary,
@@ -717,10 +819,16 @@ def run_eval(args: argparse.Namespace) -> int:
         "templates": ", ".join(templates),
         "proposals": f"{args.proposals}, at most {args.max_proposals}",
         "mask_threshold": args.mask_threshold,
+        "ensemble_weight": args.ensemble_weight,
         "min_proposal_area": args.min_proposal_area,
         "unlabeled_threshold": args.unlabeled_threshold,
-        "max_image_side": args.max_image_side,
+        "rejection": args.rejection,
+        "processing_size": str(args.processing_size),
     }
+    if args.protocol:
+        settings["protocol"] = args.protocol
+    if args.paper:
+        settings["paper"] = args.paper
     if proposals_only:
         settings["stage"] = "proposals only (stage 1)"
     report = {
@@ -738,7 +846,12 @@ def run_eval(args: argparse.Namespace) -> int:
     (out / "metrics.md").write_text(markdown)
     print(markdown)
     if evaluation.metrics is not None:
-        print(f"mIoU {100 * evaluation.metrics.miou:.1f} %")
+        m = evaluation.metrics
+        split = (
+            f"; seen {100 * m.seen_miou:.1f} %, unseen {100 * m.unseen_miou:.1f} %, "
+            f"hIoU {100 * m.hiou:.1f} %"
+        )
+        print(f"mIoU {100 * m.miou:.1f} %" + (split if m.unseen_classes else ""))
     if evaluation.proposals is not None:
         print(evaluation.proposals.summary())
     return 0
@@ -774,7 +887,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 iterations=args.iterations,
                 warmup=args.warmup,
                 pipeline=args.pipeline,
-                max_image_side=args.max_image_side,
+                processing_size=str(args.processing_size),
                 profile=args.profile,
             )
             print(f"benchmarking {classifier} / {precision} ...", file=sys.stderr, flush=True)
@@ -792,7 +905,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(defaults: dict[str, object] | None = None) -> argparse.ArgumentParser:
     """The `ovseg` argument parser; imports nothing heavy."""
     parser = _Parser(
         prog="ovseg", description="Open-vocabulary semantic segmentation (Xu et al., ECCV 2022)."
@@ -845,7 +958,7 @@ def build_parser() -> argparse.ArgumentParser:
         "recording's mean frame rate",
     )
     _add_model_arguments(segment)
-    segment.set_defaults(run=run_segment)
+    segment.set_defaults(run=run_segment, **(defaults or {}))
 
     evaluation = commands.add_parser(
         "eval", help="evaluate on a dataset (mIoU, and proposal figures where instances exist)"
@@ -862,12 +975,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="run stage 1 only and report its class-agnostic figures (mean best IoU per object, "
         "recall@0.5/0.75, proposals per frame, ms); needs instance maps",
     )
+    evaluation.add_argument(
+        "--protocol",
+        choices=DATASET_PROTOCOLS,
+        help="read the folder as the reference prepares that dataset: its class list, folders, "
+        "seen/unseen split and test resize (the processing size unless given)",
+    )
     evaluation.add_argument("--limit", type=_positive, help="evaluate the first N images only")
     evaluation.add_argument("--image-dir", default="images", help="folder dataset: images")
     evaluation.add_argument("--label-dir", default="labels", help="folder dataset: labels")
     evaluation.add_argument("--out", default="ovseg-eval", help="output folder (%(default)s)")
     _add_model_arguments(evaluation)
-    evaluation.set_defaults(run=run_eval)
+    evaluation.set_defaults(run=run_eval, **(defaults or {}))
 
     bench = commands.add_parser(
         "bench", help="per-stage latency and frames/s (random weights unless given)"
@@ -886,7 +1005,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--proposals", type=_positive, default=100, help="masks per frame (%(default)s)"
     )
-    _add_max_image_side(bench)
+    _add_processing_size(bench)
     bench.add_argument(
         "--proposal-generator",
         default=DEFAULT_PROPOSAL_GENERATOR,
@@ -927,6 +1046,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     prefix = f"ovseg {args.command}: error:"
     try:
+        defaults = preset_defaults(args) if "paper" in args else {}
+        if defaults:
+            args = build_parser(defaults).parse_args(argv)
         return args.run(args)
     except KeyboardInterrupt:
         print(f"ovseg {args.command}: interrupted", file=sys.stderr)

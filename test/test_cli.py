@@ -115,6 +115,11 @@ def test_segment_checks_inputs_and_options_before_loading_a_model(tmp_path, monk
         ("--mask-threshold", "x", "not a number: 'x'"),
         ("--max-proposals", "0", "must be at least 1, got 0"),
         ("--min-proposal-area", "-1", "must be 0 or more, got -1"),
+        (
+            "--processing-size",
+            "short:0",
+            "a short-side processing size must be >= 1 (use '0' for native)",
+        ),
     ]:
         assert main(["segment", missing, "--vocab", "a", option, value]) == 2
         assert capsys.readouterr().err == (
@@ -124,6 +129,10 @@ def test_segment_checks_inputs_and_options_before_loading_a_model(tmp_path, monk
     assert "argument --limit: must be at least 1" in capsys.readouterr().err
     assert main(["bench", "--size", "640"]) == 2
     assert "expected WIDTHxHEIGHT such as 640x480, got '640'" in capsys.readouterr().err
+    assert main(["bench", "--processing-size", "512x512"]) == 2
+    assert "argument --processing-size: processing size '512x512' is not one of: N or long:N (" in (
+        capsys.readouterr().err
+    )
 
 
 def test_inputs_with_the_same_stem_keep_their_own_outputs(tmp_path, scene_file, capsys):
@@ -213,10 +222,10 @@ def test_bad_arguments_exit_2_with_the_reason(tmp_path, scene_file, capsys, extr
 def test_eval_writes_json_and_markdown(tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["eval", "toy:color", "--limit", "2", "--out", str(out), "--precision", "fp32"]
-    assert main([*args, "--classifier", "dense", "--max-image-side", "160", *MODEL]) == 0
+    assert main([*args, "--classifier", "dense", "--processing-size", "long:160", *MODEL]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["settings"]["classifier"] == "dense"
-    assert report["settings"]["max_image_side"] == 160
+    assert report["settings"]["processing_size"] == "160"
     assert report["settings"]["precision"] == "fp32 (float32)"
     assert report["num_images"] == 2
     assert 0.0 <= report["metrics"]["miou"] <= 1.0
@@ -297,6 +306,16 @@ def test_bench_pads_proposals_with_fixed_boxes_and_drops_the_surplus():
 def test_bench_without_timed_frames_is_refused(tmp_path, capsys, counts, message):
     assert main(["bench", *MODEL, *counts, "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_reports_the_processing_size_a_frame_is_enlarged_to(tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", "--model", "ovseg-tiny-clip", *MODEL, "--size", "64x48", "--proposals", "5"]
+    args += ["--classifier", "dense", "--iterations", "1", "--warmup", "0", "--precision", "fp32"]
+    assert main([*args, "--processing-size", "short:96", "--out", str(out)]) == 0
+    (result,) = json.loads((out / "bench.json").read_text())["results"]
+    assert result["settings"]["processing_size"] == "short:96" and "resize" in result["stages"]
+    assert "| 64x48 (at 128x96) |" in (out / "bench.md").read_text()
 
 
 def test_node_bench_with_another_generator_is_refused(tmp_path, capsys):

@@ -28,6 +28,7 @@ def test_messages_have_documented_fields():
         "labels",
         "segments",
         "has_depth",
+        "rejected_pixels",
     }
     assert SegmentMsg.get_fields_and_field_types() == {
         "class_id": "uint16",
@@ -79,7 +80,9 @@ def _three_segment_result() -> SegmentationResult:
         vocabulary_version=7,
         segments=segments,
         has_depth=True,
+        unknown=np.zeros((480, 640), bool),
     )
+    segmentation.unknown[:2, :5] = True  # 10 pixels rejected as unknown
     header = Header(frame_id="camera_color_optical_frame")
     header.stamp.sec, header.stamp.nanosec = 1234, 567
     return segmentation_to_msg(segmentation, header)
@@ -113,6 +116,7 @@ def test_segmentation_result_crosses_dds_unchanged(ros_context):
     mask = np.frombuffer(bytes(got.segments[1].mask.data), np.uint8).reshape(120, 40)
     assert mask[0, 0] == 0 and mask[1, 1] == 255 and (mask == 255).sum() == 4799
     assert got.has_depth and [s.has_3d for s in got.segments] == [False, True, False]
+    assert got.rejected_pixels == 10
     door = got.segments[1]
     assert door.valid_points == 4000 and (door.centroid.x, door.centroid.z) == (0.5, 3.0)
     assert (door.box_min.y, door.box_max.y) == (-1.0, 0.5)

@@ -224,10 +224,10 @@ class FrameFeeder:
 
 
 def _segmenter(namespace: str = "") -> subprocess.Popen:
-    """A segmenter process on full-size frames (max_image_side 0), so a frame takes long."""
+    """A segmenter process on full-size frames (processing_size 0), so a frame takes long."""
     return _start(
         "ovseg_ros.ros.segmenter_node", *TINY_WEIGHTS, "-p", "max_age_s:=0.0",
-        "-p", "max_image_side:=0", "-p", "input_reliability:=reliable",
+        "-p", "processing_size:=0", "-p", "input_reliability:=reliable",
         *(("-r", f"__ns:={namespace}") if namespace else ()),
     )  # fmt: skip
 

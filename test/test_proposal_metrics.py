@@ -23,6 +23,7 @@ from ovseg_ros.engine.proposal_metrics import (
     resize_instances,
 )
 from ovseg_ros.engine.proposals import ProposalGenerator, Proposals
+from ovseg_ros.engine.resize import ProcessingSize
 
 MODEL = ["--checkpoint", str(TINY_CHECKPOINT), "--device", "cpu"]
 
@@ -142,7 +143,7 @@ def test_evaluate_proposals_runs_stage_one_alone():
     image = np.zeros((40, 60, 3), dtype=np.uint8)
     samples = [Sample(image, None, f"s{i}", instances) for i in range(3)]
     generator = FixedProposals()
-    evaluation = evaluate_proposals(generator, samples, max_image_side=30)
+    evaluation = evaluate_proposals(generator, samples, processing_size="30")
     assert generator.sizes == [(20, 30)] * 3
     assert evaluation.metrics is None and evaluation.num_images == 3
     figures = evaluation.proposals
@@ -154,6 +155,12 @@ def test_evaluate_proposals_runs_stage_one_alone():
     assert "mIoU" not in markdown
     with pytest.raises(ValueError, match="s9 has no instance map"):
         evaluate_proposals(generator, [Sample(image, None, "s9")])
+    # An enlarged processing image: the instance maps are enlarged to match (same figures).
+    enlarged = evaluate_proposals(
+        generator, samples[:1], processing_size=ProcessingSize("short", 80)
+    )
+    assert generator.sizes[-1] == (80, 120)
+    assert enlarged.proposals.mean_best_iou == pytest.approx(0.5)
 
 
 def test_eval_proposals_only_prints_the_figures(tmp_path, capsys):
@@ -171,10 +178,11 @@ def test_eval_proposals_only_prints_the_figures(tmp_path, capsys):
 
 
 def test_full_eval_of_the_photo_world_reports_both_stages(tmp_path, capsys):
-    """Stage 1 runs at the processing size (160 px): the instance maps are downscaled to match.
+    """Stage 1 runs at the processing size (long side 160): the instance maps are downscaled to
+    match.
     The tiny CLIP never saw "blob": a note, not an error."""
     out = tmp_path / "eval"
-    args = ["eval", "toy:photo", "--limit", "1", "--max-image-side", "160", "--out", str(out)]
+    args = ["eval", "toy:photo", "--limit", "1", "--processing-size", "160", "--out", str(out)]
     assert main([*args, *MODEL]) == 0
     captured = capsys.readouterr()
     assert "mIoU " in captured.out and "proposals: mean best IoU" in captured.out

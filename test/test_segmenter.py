@@ -25,7 +25,6 @@ from ovseg_ros.engine.segmenter import (
     build_segmenter,
     check_image,
     pipeline_thread_settings,
-    processing_size,
 )
 from ovseg_ros.engine.vocabulary import VocabularyEncoder
 
@@ -171,29 +170,6 @@ def test_nan_embeddings_give_finite_scores_and_segments(clip, encoder, monkeypat
     assert all(np.isfinite(s.score) for s in result.segments) and len(result.segments) == 1
 
 
-@pytest.mark.parametrize(
-    ("height", "width", "max_side", "expected"),
-    [
-        (480, 640, 640, (480, 640)),
-        (720, 1280, 640, (360, 640)),
-        (1080, 1920, 640, (360, 640)),
-        (1920, 1080, 640, (640, 360)),
-        (3000, 2, 640, (640, 1)),
-        (1080, 1920, 0, (1080, 1920)),
-        (4, 4, 1, (1, 1)),
-    ],
-)
-def test_processing_size_bounds_the_long_side(height, width, max_side, expected):
-    assert processing_size(height, width, max_side) == expected
-
-
-def test_a_negative_max_image_side_is_refused():
-    with pytest.raises(ValueError, match="max_image_side must be >= 0"):
-        SegmenterConfig(max_image_side=-1)
-    with pytest.raises(ValueError, match="max_side must be >= 0"):
-        processing_size(10, 10, -1)
-
-
 class SeenSizes(ProposalGenerator):
     """Superpixel proposals that record the size of every image they are given."""
 
@@ -210,7 +186,7 @@ class SeenSizes(ProposalGenerator):
 def test_a_large_image_is_processed_small_and_comes_back_at_its_size(clip, encoder, classifier):
     vocabulary = encoder.encode(["circle", "square", "background"], "single")
     generator = SeenSizes()
-    config = SegmenterConfig(classifier=classifier, max_image_side=48)
+    config = SegmenterConfig(classifier=classifier, processing_size="48")
     segmenter = TwoStageSegmenter(clip, generator, config)
     image = cv2.resize(_image(24, 32), (100, 75), interpolation=cv2.INTER_NEAREST)
     result = segmenter.segment(image, vocabulary)
@@ -230,7 +206,7 @@ def test_a_large_image_is_processed_small_and_comes_back_at_its_size(clip, encod
     np.testing.assert_array_equal(apart.labels, result.labels)
     np.testing.assert_array_equal(apart.scores, result.scores)
     # Proposals of another processing size are refused.
-    segmenter.config.max_image_side = 0
+    segmenter.config.processing_size = "0"
     with pytest.raises(ValueError, match=r"masks are \(36, 48\) but this 75x100 image"):
         segmenter.segment(image, vocabulary, proposals)
     native = segmenter.segment(image, vocabulary)

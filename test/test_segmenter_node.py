@@ -18,6 +18,7 @@ from tiny_model import TINY_CHECKPOINT
 
 from ovseg_ros.engine import toy_world
 from ovseg_ros.engine.prompts import resolve_templates
+from ovseg_ros.engine.resize import ProcessingSize
 from ovseg_ros.engine.segmentation import UNLABELED
 from ovseg_ros.engine.segmenter import ThreadSettings, pipeline_thread_settings
 from ovseg_ros.msg import SegmentationResult, Vocabulary
@@ -395,6 +396,10 @@ def test_classifier_switch_at_run_time_is_validated(harness):
         ("min_segment_area", 2.5, "min_segment_area must be an integer, e.g. 16"),
         ("overlay_alpha", 2, "overlay_alpha must be between 0.0 and 1.0"),
         ("classifier", 1, "classifier must be a string"),
+        ("processing_size", 2.5, "processing_size must be a string, e.g. 640; got 2.5"),
+        ("processing_size", "wide", "processing_size: processing size 'wide' is not one of: N"),
+        ("processing_size", "short:0", "processing_size: a short-side processing size must be"),
+        ("processing_size", -1, "processing_size: processing sizes must be >= 0, got -1"),
     ],
 )  # fmt: skip
 def test_wrong_type_gets_the_nodes_reason_with_an_example(harness, name, value, reason):
@@ -407,6 +412,16 @@ def test_wrong_type_gets_the_nodes_reason_with_an_example(harness, name, value, 
 def test_an_integer_is_taken_for_a_float_parameter(harness):
     assert harness.set_parameters(overlay_alpha=1)[0].successful
     assert harness.segmenter.params.overlay_alpha == 1.0
+
+
+def test_processing_size_is_text_or_an_integer_and_takes_effect_at_run_time(harness):
+    config = harness.segmenter.segmenter.config
+    assert config.processing_size == ProcessingSize("long", 640)
+    assert harness.set_parameters(processing_size="short:512:2048")[0].successful
+    assert config.processing_size == ProcessingSize("short", 512, 2048)
+    assert harness.set_parameters(processing_size=0)[0].successful  # what `:=0` gives
+    assert harness.segmenter.params.processing_size == "0"
+    assert config.processing_size == ProcessingSize("long", 0)
 
 
 def test_setting_the_vocabulary_in_force_keeps_the_version_and_does_no_work(harness):
@@ -520,7 +535,7 @@ def test_large_frames_are_processed_smaller_and_answered_at_full_size(harness):
     assert harness.spin_until(
         lambda: harness.segmenter.cameras[0].overlay_pub.get_subscription_count() > 0
     )
-    assert harness.set_parameters(max_image_side=320)[0].successful
+    assert harness.set_parameters(processing_size="320")[0].successful
     scene = toy_world.generate_scene(1_000_032)
     big = cv2.resize(scene.image, (1280, 960), interpolation=cv2.INTER_NEAREST)
     header = Header(frame_id="cam")

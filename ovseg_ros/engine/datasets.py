@@ -13,11 +13,14 @@ Folder layout read by FolderDataset (folder and file names configurable):
                            size as its image; 0 = no object, k >= 1 = object k; in 8-bit files
                            255 = void (VOC's object boundaries), left out of the proposal figures
 
-An image, its label and its instance map share the file stem (NAME). With instances/, every image
-needs its instance map, and evaluation adds class-agnostic proposal figures (proposal_metrics.py).
-A folder of images and instances only (no labels/, no classes.txt) is read with label_dir=None:
-samples without labels, class_names [], for proposal figures only (your own photos with object
-masks). Every reader yields `Sample`s and exposes `class_names` and `ignore_index`.
+An image, its label and its instance map share the file stem (NAME). By default every image is a
+sample and needs its label; listed by labels (list_by="labels"), every label is a sample and needs
+its image, and unlabelled images are left out (dataset_protocols.py reads the reference's
+layouts so). With instances/, every sample needs its instance map, and evaluation adds
+class-agnostic proposal figures (proposal_metrics.py). A folder of images and instances only (no
+labels/, no classes.txt) is read with label_dir=None: samples without labels, class_names [], for
+proposal figures only (your own photos with object masks). Every reader yields `Sample`s and
+exposes `class_names` and `ignore_index`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from ovseg_ros.engine import photo_world, toy_world
 from ovseg_ros.engine.metrics import IGNORE_INDEX
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+LIST_BY = ("images", "labels")
+"""What FolderDataset lists its samples by: every image, or every label."""
 VOID_INSTANCE = -1
 """Value of Sample.instances for pixels that belong to no object and to no background either
 (object boundaries): left out of the proposal figures."""
@@ -174,12 +179,17 @@ class FolderDataset:
 
     root: dataset folder; image_dir, label_dir, class_file, instance_dir: paths relative to
     root (e.g. image_dir="images/validation", label_dir="annotations_detectron2/validation" for
-    ADE20K as detectron2 prepares it). label_dir=None reads images and instances only (no
-    class file: class_names [], every Sample.label None); instance_dir is read when it exists
-    (it must, with label_dir=None). Missing folders, unreadable files, images without a label or
-    instance map, labels or instance maps of another size than their image, and label values
-    beyond the class list raise DatasetError naming the file (the last three when the sample is
-    read).
+    ADE20K as detectron2 prepares it). class_names: the class list itself (label value i =
+    class_names[i]), read instead of class_file when given. label_dir=None reads images and
+    instances only (no class file: class_names [], every Sample.label None); instance_dir is
+    read when it exists (it must, with label_dir=None).
+    list_by: "images" (every image in image_dir is a sample and needs its label) or "labels"
+    (every label_dir/NAME.png is a sample, its image is image_dir/NAME + image_suffix; other
+    images are left out, as in VOC, whose JPEGImages/ holds far more images than its val split
+    labels). Missing folders, unreadable files, images without a label or instance map, labels
+    without an image, labels or instance maps of another size than their image, and label
+    values beyond the class list raise DatasetError naming the file (the last three when the
+    sample is read).
     """
 
     def __init__(
@@ -190,7 +200,14 @@ class FolderDataset:
         class_file: str = "classes.txt",
         ignore_index: int = IGNORE_INDEX,
         instance_dir: str = "instances",
+        class_names: Sequence[str] | None = None,
+        list_by: str = "images",
+        image_suffix: str = ".jpg",
     ):
+        if list_by not in LIST_BY:
+            raise ValueError(f"list_by must be one of {', '.join(LIST_BY)}, got {list_by!r}")
+        if list_by == "labels" and label_dir is None:
+            raise ValueError("list_by='labels' needs a label_dir")
         self.root = Path(root)
         folders = [self.root, self.root / image_dir]
         if label_dir is not None:
@@ -204,25 +221,41 @@ class FolderDataset:
         if label_dir is None:
             self.class_names: list[str] = []
         else:
-            self.class_names = read_class_names(self.root / class_file)
+            if class_names is None:
+                self.class_names = read_class_names(self.root / class_file)
+                source = str(self.root / class_file)
+            else:
+                self.class_names = list(class_names)
+                source = "the given class list"
             if ignore_index < len(self.class_names):
                 raise DatasetError(
                     f"ignore index {ignore_index} collides with a class index: "
-                    f"{self.root / class_file} lists {len(self.class_names)} classes"
+                    f"{source} lists {len(self.class_names)} classes"
                 )
-        self.images = sorted(
-            p for p in (self.root / image_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not self.images:
-            raise DatasetError(
-                f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.root / image_dir}"
-            )
         self.labels: list[Path] | None = None
-        if label_dir is not None:
-            self.labels = [self.root / label_dir / f"{p.stem}.png" for p in self.images]
-            for image, label in zip(self.images, self.labels, strict=True):
-                if not label.is_file():
-                    raise DatasetError(f"no label for image {image}: expected {label}")
+        if list_by == "labels":
+            self.labels = sorted(
+                p for p in (self.root / label_dir).iterdir() if p.suffix.lower() == ".png"
+            )
+            if not self.labels:
+                raise DatasetError(f"no labels (.png) in {self.root / label_dir}")
+            self.images = [self.root / image_dir / f"{p.stem}{image_suffix}" for p in self.labels]
+            for label, image in zip(self.labels, self.images, strict=True):
+                if not image.is_file():
+                    raise DatasetError(f"no image for label {label}: expected {image}")
+        else:
+            self.images = sorted(
+                p for p in (self.root / image_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not self.images:
+                raise DatasetError(
+                    f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.root / image_dir}"
+                )
+            if label_dir is not None:
+                self.labels = [self.root / label_dir / f"{p.stem}.png" for p in self.images]
+                for image, label in zip(self.images, self.labels, strict=True):
+                    if not label.is_file():
+                        raise DatasetError(f"no label for image {image}: expected {label}")
         self.instances: list[Path] | None = None
         if (self.root / instance_dir).is_dir():
             self.instances = [self.root / instance_dir / f"{p.stem}.png" for p in self.images]

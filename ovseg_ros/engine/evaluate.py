@@ -23,7 +23,8 @@ from ovseg_ros.engine.proposal_metrics import (
     best_iou_per_instance,
 )
 from ovseg_ros.engine.proposals import ProposalGenerator, Proposals
-from ovseg_ros.engine.segmenter import TwoStageSegmenter, check_image, downscale
+from ovseg_ros.engine.resize import ProcessingSize
+from ovseg_ros.engine.segmenter import TwoStageSegmenter, check_image
 from ovseg_ros.engine.vocabulary import EncodedVocabulary
 
 __all__ = [
@@ -73,7 +74,7 @@ def evaluate(
     """Segments every sample under `vocabulary` (whose class i must be the dataset's label i)
     and accumulates a confusion matrix of num_classes classes. With a segmenter that has
     propose() (TwoStageSegmenter), stage 1 runs first on its own (timed as "proposals",
-    including the downscale to the processing size), then stage 2 on its proposals, and samples
+    including the resize to the processing size), then stage 2 on its proposals, and samples
     with instance maps add to the proposal figures; other segmenters just segment().
     on_image(done) is called after each image (for a progress bar)."""
     if vocabulary.num_classes != num_classes:
@@ -97,7 +98,7 @@ def evaluate(
         if propose is None:
             segmentation = segmenter.segment(sample.image, vocabulary)
         else:
-            # Stage-1 ms includes the downscale to the processing size, which segment() repeats
+            # Stage-1 ms includes the resize to the processing size, which segment() repeats
             # (and times as "resize"), as the node's pipeline does.
             proposals, timings["proposals"] = _timed_proposals(
                 lambda sample=sample: propose(sample.image, vocabulary)
@@ -125,15 +126,16 @@ def evaluate_proposals(
     proposer: TwoStageSegmenter | ProposalGenerator,
     samples: Iterable[Sample],
     vocabulary: EncodedVocabulary | None = None,
-    max_image_side: int = 0,
+    processing_size: ProcessingSize | str = "0",
     on_image: Callable[[int], None] | None = None,
 ) -> Evaluation:
     """Stage 1 alone over samples with instance maps: Evaluation with metrics None, the
     proposal figures, and mean_timings_ms {"proposals": ...}.
 
     proposer: a segmenter (its stage-1 generator runs on its processing image) or a bare
-    generator (run on the image downscaled to max_image_side, 0 = native size); vocabulary:
-    passed to the generator (learned generators then also score their masks; None is fine).
+    generator (run on the image resized to processing_size: a resize.ProcessingSize or its
+    text, e.g. "640" or "short:512:2048"; "0" = native size); vocabulary: passed to the
+    generator (learned generators then also score their masks; None is fine).
     A sample without an instance map raises ValueError naming it."""
     if isinstance(proposer, TwoStageSegmenter):
         segmenter = proposer
@@ -142,9 +144,14 @@ def evaluate_proposals(
             return segmenter.propose(image, vocabulary)
     else:
         generator = proposer
+        size = (
+            ProcessingSize.parse(processing_size)
+            if isinstance(processing_size, str)
+            else processing_size
+        )
 
         def propose(image: np.ndarray) -> Proposals:
-            return generator(downscale(image, max_image_side), vocabulary)
+            return generator(size.apply(image), vocabulary)
 
     stats = ProposalStats()
     for done, sample in enumerate(samples, start=1):

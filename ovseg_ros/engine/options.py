@@ -43,6 +43,32 @@ DEFAULT_CLASSIFIER = "crop"
 DEFAULT_MASK_THRESHOLD = 0.5
 DEFAULT_MIN_PROPOSAL_AREA = 16
 DEFAULT_UNLABELED_THRESHOLD = 0.0
-DEFAULT_MAX_IMAGE_SIDE = 640
-"""SegmenterConfig's defaults of the same names. max_image_side: VGA frames go through as they
-are, 1280x720 and 1920x1080 ones are processed at 640x360 (see the README's latency table)."""
+DEFAULT_PROCESSING_SIZE = "640"
+"""SegmenterConfig's defaults of the same names. processing_size (resize.ProcessingSize): the long
+side at most 640, so VGA frames go through as they are, 1280x720 and 1920x1080 ones are processed
+at 640x360 (see the README's latency table)."""
+
+PAPER_SETTINGS = (
+    "coco-stuff-156",
+    "coco-stuff-156-single",
+    "coco-stuff-156-vild",
+    "coco-stuff-156-imagenet",
+    "voc-15",
+    "voc-15-single",
+    "voc-20",
+    "ade20k-150",
+    "pcontext-59",
+)
+"""Names of paper.PAPER_SETTINGS (the reference's inference settings)."""
+DATASET_PROTOCOLS = (
+    "ade20k-150",
+    "pcontext-59",
+    "voc-20",
+    "voc-15",
+    "coco-stuff-171",
+    "coco-stuff-156",
+)
+"""Names of dataset_protocols.DATASET_PROTOCOLS (the reference's evaluation datasets)."""
+DEFAULT_ENSEMBLE_WEIGHT = 0.8
+DEFAULT_REJECTION = 0.0
+"""SegmenterConfig.rejection: open-set rejection strength (0 = off)."""

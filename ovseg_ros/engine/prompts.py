@@ -3,8 +3,12 @@
 A template is a string with exactly one "{}" where the class name goes. A class's text embedding
 is the normalised mean of its templates' normalised embeddings (see vocabulary.py).
 
-Named sets: "single" (one sentence), "imagenet80" (the 80 sentences CLIP used for ImageNet
-zero-shot classification), "vild14" (the 14 scene-style sentences of ViLD, the paper's default).
+Named sets: "single" (one sentence), "sculpture" (the reference implementation's one-sentence
+setting), "imagenet80" (the 80 sentences CLIP used for ImageNet zero-shot classification),
+"vild14" (the 14 scene-style sentences of ViLD, the paper's default).
+
+LEARNED ("learned") is not a template: it asks for the prompt vectors a zsseg checkpoint learned
+(engine/maskformer/learned_prompts.py) and stands alone.
 """
 
 from __future__ import annotations
@@ -12,6 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 SINGLE_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+SCULPTURE_TEMPLATES: tuple[str, ...] = ("a sculpture of a {}.",)
+"""The reference's PREDEFINED_PROMPT_TEMPLATES (its single-template configs)."""
+LEARNED = "learned"
+"""Templates value naming a checkpoint's learned prompt vectors instead of sentences."""
 
 IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a bad photo of a {}.",
@@ -115,6 +123,7 @@ VILD_TEMPLATES: tuple[str, ...] = (
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "single": SINGLE_TEMPLATES,
+    "sculpture": SCULPTURE_TEMPLATES,
     "imagenet80": IMAGENET_TEMPLATES,
     "vild14": VILD_TEMPLATES,
 }
@@ -126,17 +135,22 @@ MAX_TEMPLATES = 256
 def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
     """Set names and/or templates -> the templates, in order, duplicates dropped.
 
-    templates: one set name ("single", "imagenet80", "vild14"), or a list whose items are set
-    names or templates with exactly one "{}" each (e.g. ["vild14", "a {} on the floor."]).
+    templates: one set name ("single", "sculpture", "imagenet80", "vild14"), or a list whose
+    items are set names or templates with exactly one "{}" each (e.g. ["vild14", "a {} on the
+    floor."]); or LEARNED alone, returned as (LEARNED,).
     Raises ValueError for an empty list, an unknown set name, a template without exactly one
-    "{}", or more than MAX_TEMPLATES templates in all.
+    "{}", LEARNED beside templates, or more than MAX_TEMPLATES templates in all.
     """
     items = [templates] if isinstance(templates, str) else list(templates)
     if not items:
         raise ValueError(
-            "no prompt templates given; name a set (single, imagenet80, vild14) or give "
+            f"no prompt templates given; name a set ({', '.join(TEMPLATE_SETS)}) or give "
             "templates such as 'a photo of a {}.'"
         )
+    if LEARNED in items:
+        if len(items) > 1:
+            raise ValueError(f"{LEARNED!r} (learned prompt vectors) cannot be mixed with templates")
+        return (LEARNED,)
     resolved: list[str] = []
     for item in items:
         if not isinstance(item, str):
@@ -149,8 +163,8 @@ def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
             raise ValueError(f"prompt template {item!r} has more than one '{{}}'")
         else:
             raise ValueError(
-                f"{item!r} is neither a template set ({', '.join(TEMPLATE_SETS)}) nor a "
-                "template with one '{}' for the class name"
+                f"{item!r} is neither a template set ({', '.join(TEMPLATE_SETS)}), "
+                f"{LEARNED!r}, nor a template with one '{{}}' for the class name"
             )
     unique = tuple(dict.fromkeys(resolved))
     if len(unique) > MAX_TEMPLATES:

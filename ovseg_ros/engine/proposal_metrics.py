@@ -6,9 +6,9 @@ Per object: the best IoU any proposal reaches with it (best_iou_per_instance). O
 the mean stage-1 wall time per frame. Class names play no part: a proposal generator can be
 judged on any images with instance masks.
 
-Matching happens at the proposals' size: when stage 1 ran on a downscaled processing image, the
-instance map is downscaled to the masks' size (nearest neighbour) first; an object too small to
-survive that counts as missed (best IoU 0). Pixels with a negative instance id (void, e.g.
+Matching happens at the proposals' size: when stage 1 ran on a resized processing image, the
+instance map is resized to the masks' size (nearest neighbour) first; an object too small to
+survive a downscale counts as missed (best IoU 0). Pixels with a negative instance id (void, e.g.
 VOC's object boundaries) count neither for an object nor against a proposal.
 """
 

@@ -49,7 +49,8 @@ def render_overlay(image: np.ndarray, segmentation: Segmentation, alpha: float =
     """image: (H, W, 3) uint8 RGB and its segmentation -> (H, W, 3) uint8 RGB overlay.
 
     Labeled pixels are blended with their class color (alpha: opacity of the color, in [0, 1]);
-    unlabeled pixels keep the image. Every listed segment gets a contour in its class color;
+    pixels rejected as unknown (Segmentation.unknown) show the image in grey; other unlabeled
+    pixels keep the image. Every listed segment gets a contour in its class color;
     segments of at least LABEL_MIN_AREA_FRACTION of the image get their class name, in white
     on a dark box at the segment's innermost point, unless it would cover an earlier name
     (segments are drawn largest first). Text size scales with the image (about 14 px tall at
@@ -70,6 +71,9 @@ def render_overlay(image: np.ndarray, segmentation: Segmentation, alpha: float =
     tint = palette[segmentation.labels]
     blended = cv2.addWeighted(np.ascontiguousarray(image), 1.0 - alpha, tint, alpha, 0.0)
     overlay = np.where(labeled[..., None], blended, image)
+    if segmentation.unknown is not None:  # open-set "unknown": the image in grey
+        grey = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        overlay = np.where(segmentation.unknown[..., None], grey, overlay)
 
     scale = min(height, width) / 480.0
     thickness = max(1, round(scale * 1.5))

@@ -44,6 +44,12 @@ class Segmentation:
     timings_ms: wall time of each stage in milliseconds, in pipeline order.
     has_depth: True when a depth image with camera intrinsics came with the image; each
     segment's geometry then says whether it has valid depth. False: no segment has geometry.
+    known: (H, W) float32 in [0, 1], the probability that the pixel shows one of the
+    vocabulary's classes (rejection.py, averaged over the masks covering it like the class
+    scores), or None when not computed (SegmenterConfig.rejection 0 and known_map off).
+    unknown: (H, W) bool, the pixels set to UNLABELED because known < SegmenterConfig.rejection
+    (the open-set "unknown"; not pixels no mask covers or below unlabeled_threshold), or None
+    when rejection is off.
     """
 
     labels: np.ndarray
@@ -53,6 +59,13 @@ class Segmentation:
     segments: list[Segment]
     timings_ms: dict[str, float] = field(default_factory=dict)
     has_depth: bool = False
+    known: np.ndarray | None = None
+    unknown: np.ndarray | None = None
+
+    @property
+    def rejected_pixels(self) -> int:
+        """How many pixels open-set rejection left unlabeled (0 when it is off)."""
+        return 0 if self.unknown is None else int(np.count_nonzero(self.unknown))
 
 
 def extract_segments(

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -26,8 +26,9 @@ from ovseg_ros.engine.dense import DenseFeatureExtractor
 from ovseg_ros.engine.options import (
     DEFAULT_CLASSIFIER,
     DEFAULT_MASK_THRESHOLD,
-    DEFAULT_MAX_IMAGE_SIDE,
     DEFAULT_MIN_PROPOSAL_AREA,
+    DEFAULT_PROCESSING_SIZE,
+    DEFAULT_REJECTION,
     DEFAULT_UNLABELED_THRESHOLD,
     SAM_GENERATORS,
     check_proposal_model,
@@ -38,6 +39,8 @@ from ovseg_ros.engine.proposals import (
     Proposals,
     build_proposal_generator,
 )
+from ovseg_ros.engine.rejection import calibration_for, known_probabilities
+from ovseg_ros.engine.resize import ProcessingSize
 from ovseg_ros.engine.segmentation import UNLABELED, Segmentation, extract_segments
 from ovseg_ros.engine.vocabulary import EncodedVocabulary
 
@@ -62,9 +65,16 @@ class SegmenterConfig:
         when the proposal generator scores its masks; 0 uses CLIP alone, as the reference).
     classifier: "crop", one CLIP forward per mask crop (the paper), or "dense", one CLIP
         forward per frame, each mask's class token attending only to its patches (dense.py).
-    max_image_side: processing size, the longest image side both stages see, in pixels (>= 0):
-        larger images are downscaled (cv2.INTER_AREA, aspect ratio kept) for stages 1 and 2,
-        and the result comes back at the input's resolution; 0 processes every image as it is.
+    processing_size: the size both stages see (resize.ProcessingSize, or its text: "640" = long
+        side at most 640, "short:512:2048" = short side 512 with the long side at most 2048, as
+        the reference's test resize, "0" = native); the result comes back at the input's
+        resolution (class scores resized bilinearly before the argmax).
+    rejection: open-set rejection strength in [0, 1]: pixels whose probability of showing a
+        vocabulary class (rejection.known_probabilities, per mask, aggregated per pixel) is
+        below it become UNLABELED ("unknown"); 0 turns it off and leaves every label as without
+        it.
+    known_map: also return that per-pixel probability (Segmentation.known) when rejection is 0
+        (evaluations use it to sweep the strength).
     """
 
     mask_threshold: float = DEFAULT_MASK_THRESHOLD
@@ -74,33 +84,14 @@ class SegmenterConfig:
     min_segment_area: int = 16
     ensemble_weight: float = 0.8
     classifier: str = DEFAULT_CLASSIFIER
-    max_image_side: int = DEFAULT_MAX_IMAGE_SIDE
+    processing_size: ProcessingSize | str = DEFAULT_PROCESSING_SIZE
+    rejection: float = DEFAULT_REJECTION
+    known_map: bool = False
 
-    def __post_init__(self) -> None:
-        if self.max_image_side < 0:
-            raise ValueError(f"max_image_side must be >= 0 (0 = native), got {self.max_image_side}")
-
-
-def processing_size(height: int, width: int, max_side: int) -> tuple[int, int]:
-    """(height, width) an image of height x width pixels is processed at: its own when max_side
-    is 0 or its long side is at most max_side, else scaled so that the long side is max_side
-    (aspect ratio kept, each side rounded and at least 1 pixel)."""
-    if max_side < 0:
-        raise ValueError(f"max_side must be >= 0 (0 = native), got {max_side}")
-    longest = max(height, width)
-    if max_side == 0 or longest <= max_side:
-        return height, width
-    scale = max_side / longest
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
-    """image (H, W, 3) -> itself, or resized with cv2.INTER_AREA to processing_size(H, W,
-    max_side) when that is smaller."""
-    height, width = processing_size(*image.shape[:2], max_side)
-    if (height, width) == image.shape[:2]:
-        return image
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "processing_size" and not isinstance(value, ProcessingSize):
+            value = ProcessingSize.parse(value)  # type: ignore[arg-type]  # text, at any time
+        super().__setattr__(name, value)
 
 
 def check_image(image: object) -> np.ndarray:
@@ -269,6 +260,44 @@ def aggregate_scores(
     return both[0].astype(np.int64), both[1]
 
 
+def aggregate_known(
+    known: torch.Tensor,
+    masks: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    output_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Per-pixel probability that a pixel shows a vocabulary class, from per-mask ones.
+
+    known: (N,) in [0, 1]; masks: (N, h, w) bool or float in [0, 1]; weights: (N,) > 0 or None;
+    output_size: (H, W), None = (h, w). known_pixel = sum_q w_q known_q mask_q / sum_q w_q mask_q,
+    numerator and denominator bilinearly resized to (H, W) first (as aggregate_scores resizes the
+    class scores and the coverage). Masks with a non-finite known value are left out.
+    Returns (H, W) float32, 1 where no mask covers the pixel.
+    """
+    weights = (
+        torch.ones(masks.shape[0], device=masks.device)
+        if weights is None
+        else weights.to(masks.device).float()
+    )
+    known = known.to(masks.device).float()
+    weights = torch.where(known.isfinite(), weights, torch.zeros_like(weights))
+    table = torch.stack([weights * known.nan_to_num(0.0), weights], dim=1)  # (N, 2)
+    height, width = masks.shape[1:]
+    sums = torch.empty((2, height, width), device=masks.device)
+    rows = max(1, AGGREGATION_CHUNK // (max(masks.shape[0], 2) * width))
+    for top in range(0, height, rows):
+        sums[:, top : top + rows] = torch.einsum(
+            "qk,qhw->khw", table, masks[:, top : top + rows].float()
+        )
+    if output_size is not None and tuple(output_size) != (height, width):
+        sums = torch.nn.functional.interpolate(
+            sums[None], size=tuple(output_size), mode="bilinear", align_corners=False
+        )[0]
+    covered = sums[1] > 0
+    ratio = torch.where(covered, sums[0] / sums[1].clamp(min=1e-12), torch.ones_like(sums[0]))
+    return ratio.clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
+
+
 class Stopwatch:
     """Wall time of pipeline stages in milliseconds; on CUDA it waits for the device first, so
     a stage's time includes its kernels."""
@@ -322,6 +351,22 @@ class TwoStageSegmenter:
         self.config = config or SegmenterConfig()
         self.classifier = CropClassifier(clip)
         self.dense = DenseFeatureExtractor(clip)
+        self.rejection_calibration = calibration_for(clip.name)
+
+    @property
+    def learned_text(self) -> Callable[[list[str]], torch.Tensor] | None:
+        """The text of the prompt templates value "learned" for a VocabularyEncoder(learned=...)
+        on this segmenter's CLIP: names -> unit-norm embeddings through the learned prompt
+        vectors of the proposal checkpoint's stage-2 adapter, or None when it has none."""
+        return getattr(self.proposals, "stage_two_text", None)
+
+    def prepare_vocabulary(self, vocabulary: EncodedVocabulary) -> None:
+        """Computes now, on the calling thread, what the proposal generator derives from a new
+        vocabulary (a maskformer's class-head text embeddings), so the first frame under it
+        does not wait for the text tower."""
+        text_embeddings = getattr(self.proposals, "text_embeddings", None)
+        if text_embeddings is not None:
+            text_embeddings(vocabulary)
 
     def _check_inputs(self, image: np.ndarray, vocabulary: EncodedVocabulary | None) -> None:
         check_image(image)
@@ -333,9 +378,9 @@ class TwoStageSegmenter:
             )
 
     def processing_image(self, image: np.ndarray) -> np.ndarray:
-        """image (H, W, 3) uint8 RGB -> the image both stages see: image itself, or downscaled
-        with cv2.INTER_AREA to processing_size(H, W, config.max_image_side) (downscale)."""
-        return downscale(image, self.config.max_image_side)
+        """image (H, W, 3) uint8 RGB -> the image both stages see: image itself, or resized to
+        config.processing_size.shape(H, W)."""
+        return self.config.processing_size.apply(image)
 
     def propose(self, image: np.ndarray, vocabulary: EncodedVocabulary | None = None) -> Proposals:
         """Stage 1 alone: image (H, W, 3) uint8 RGB -> the mask proposals of its processing
@@ -435,7 +480,8 @@ class TwoStageSegmenter:
             raise ValueError(
                 f"the proposals' masks are {tuple(proposals.masks.shape[1:])} but this "
                 f"{image.shape[0]}x{image.shape[1]} image is processed at {processed.shape[:2]} "
-                f"(max_image_side {self.config.max_image_side}); make them with propose(image, ...)"
+                f"(processing_size {self.config.processing_size}); make them with "
+                "propose(image, ...)"
             )
         return FrameWork(image, pixels, proposals, proposals.masks.to(self.clip.device), timings)
 
@@ -491,6 +537,11 @@ class TwoStageSegmenter:
             embeddings, vocabulary.text_embeddings.to(embeddings.device)
         )
         weights = None if proposals.weights is None else proposals.weights.to(masks.device)
+        known = None
+        if config.rejection > 0 or config.known_map:
+            known = known_probabilities(
+                embeddings, vocabulary.text_embeddings, self.rejection_calibration
+            ).to(masks.device)
         if proposals.class_scores is not None and config.ensemble_weight > 0:
             # As the reference: masks left empty by the threshold keep p_clip = 1.
             full = torch.ones((len(proposals), vocabulary.num_classes), device=masks.device)
@@ -501,6 +552,8 @@ class TwoStageSegmenter:
                 config.ensemble_weight,
                 proposals.trained_classes,
             )
+            if known is not None:  # masks CLIP did not see give no evidence either way
+                known = torch.ones(len(proposals), device=masks.device).index_copy(0, kept, known)
         else:
             probabilities = clip_probs
             if len(kept) < len(masks):
@@ -509,6 +562,12 @@ class TwoStageSegmenter:
         labels, scores = aggregate_scores(
             probabilities, masks, weights, config.unlabeled_threshold, frame.image.shape[:2]
         )
+        known_pixels, unknown = None, None
+        if known is not None:
+            known_pixels = aggregate_known(known, masks, weights, frame.image.shape[:2])
+        if known_pixels is not None and config.rejection > 0:
+            unknown = (labels != UNLABELED) & (known_pixels < config.rejection)
+            labels[unknown] = UNLABELED
         clock.lap(frame.timings, "aggregation")
         labels = labels.astype(np.uint16)
         segments = extract_segments(labels, scores, vocabulary.class_names, config.min_segment_area)
@@ -520,6 +579,8 @@ class TwoStageSegmenter:
             vocabulary_version=vocabulary.version,
             segments=segments,
             timings_ms=frame.timings,
+            known=known_pixels,
+            unknown=unknown,
         )
 
 
@@ -574,6 +635,8 @@ def build_segmenter(
     proposal_checkpoint: str | Path | None = None,
     compile_image_tower: bool = False,
     proposal_model: str | None = None,
+    head_prompts: str | Sequence[str] | None = None,
+    trained_classes: Sequence[str] | None = None,
 ) -> TwoStageSegmenter:
     """Loads CLIP (clip_model.load_clip: exactly one of pretrained, checkpoint, random_weights)
     and builds the named proposal generator capped at max_proposals masks per image.
@@ -581,7 +644,9 @@ def build_segmenter(
     proposal_checkpoint: weights of a learned generator ("maskformer"; None = its bundled
     default), which also gets the CLIP model and device; refused for training-free ones.
     "sam" / "sam2" need proposal_checkpoint and take proposal_model, their model type (None or
-    "": read from the checkpoint); they run on CLIP's device.
+    "": read from the checkpoint); they run on CLIP's device. head_prompts and trained_classes:
+    the "maskformer" class head's prompts and seen classes (see MaskFormerProposalGenerator;
+    paper.PaperSetting gives the reference's), refused for other generators.
     """
     check_proposal_model(proposal_generator, proposal_model)
     clip = load_clip(
@@ -593,9 +658,17 @@ def build_segmenter(
         random_weights=random_weights,
         compile_image_tower=compile_image_tower,
     )
+    if proposal_generator != "maskformer" and (head_prompts is not None or trained_classes):
+        raise ValueError("class-head prompts and trained classes are for the maskformer generator")
     settings: dict[str, object] = {"max_proposals": max_proposals}
     if proposal_generator == "maskformer":
-        settings.update(checkpoint=proposal_checkpoint, clip=clip, device=str(clip.device))
+        settings.update(
+            checkpoint=proposal_checkpoint,
+            clip=clip,
+            device=str(clip.device),
+            head_prompts=head_prompts,
+            trained_classes=trained_classes,
+        )
     elif proposal_generator == "hierarchy":
         settings.update(device=clip.device)
     elif proposal_generator in SAM_GENERATORS:

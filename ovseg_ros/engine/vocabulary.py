@@ -17,13 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from ovseg_ros.engine.clip_model import ClipModel
-from ovseg_ros.engine.prompts import fill_template, resolve_templates
+from ovseg_ros.engine.prompts import LEARNED, fill_template, resolve_templates
 
 SYNONYM_SEPARATOR = "|"
 MAX_CLASSES = 1000
 """Default upper bound on the number of classes of a vocabulary."""
-MAX_NAME_LENGTH = 60
-"""Longest allowed class name (one synonym), in characters."""
+MAX_NAME_LENGTH = 80
+"""Longest allowed class name (one synonym), in characters: room for ADE20K's WordNet-style
+names as the reference gives them to CLIP (the longest, "conveyer belt, conveyor belt, ...", has
+61)."""
 DEFAULT_TEMPLATES = "vild14"
 """The paper's hand-made prompt set."""
 
@@ -117,16 +119,25 @@ class VocabularyEncoder:
     """Makes EncodedVocabulary objects for one CLIP model, caching one text embedding per
     (templates, name): changing the vocabulary runs the text tower only for new names.
 
+    learned: the text of the templates value LEARNED: names -> (len(names), D) unit-norm
+    embeddings through a checkpoint's learned prompt vectors (TwoStageSegmenter.learned_text),
+    or None when there are none (LEARNED is then refused).
+
     Thread-safe: encode() may run on any thread (e.g. a parameter callback) while images are
     segmented with an earlier vocabulary.
     """
 
     def __init__(
-        self, clip: ClipModel, max_classes: int = MAX_CLASSES, prompts_per_batch: int = 256
+        self,
+        clip: ClipModel,
+        max_classes: int = MAX_CLASSES,
+        prompts_per_batch: int = 256,
+        learned: Callable[[list[str]], torch.Tensor] | None = None,
     ) -> None:
         self.clip = clip
         self.max_classes = max_classes
         self.prompts_per_batch = prompts_per_batch
+        self.learned = learned
         self._cache: dict[tuple[tuple[str, ...], str], torch.Tensor] = {}
         self._version = 0
         self._lock = threading.Lock()
@@ -135,6 +146,18 @@ class VocabularyEncoder:
     def cache_size(self) -> int:
         """Number of cached (templates, name) embeddings."""
         return len(self._cache)
+
+    def resolve_templates(self, templates: str | Sequence[str]) -> tuple[str, ...]:
+        """prompts.resolve_templates, also refusing LEARNED when this encoder has no learned
+        prompt vectors (ValueError saying where they come from)."""
+        template_set = resolve_templates(templates)
+        if template_set == (LEARNED,) and self.learned is None:
+            raise ValueError(
+                f"prompt templates {LEARNED!r} need learned prompt vectors: a zsseg checkpoint "
+                "of a learnable-prompt setting as the maskformer proposal checkpoint; this one "
+                "has none"
+            )
+        return template_set
 
     def encode(
         self,
@@ -150,7 +173,7 @@ class VocabularyEncoder:
         each batch, counting the names not cached yet; not called when all are cached.
         """
         entries = validate_class_names(names, self.max_classes)
-        template_set = resolve_templates(templates)
+        template_set = self.resolve_templates(templates)
         synonyms = tuple(split_synonyms(entry) for entry in entries)
         with self._lock:
             self._embed_missing([n for group in synonyms for n in group], template_set, on_progress)
@@ -181,6 +204,13 @@ class VocabularyEncoder:
             return
         report = on_progress or (lambda done, total: None)
         report(0, len(missing))
+        if templates == (LEARNED,):
+            for start in range(0, len(missing), self.prompts_per_batch):
+                chunk = missing[start : start + self.prompts_per_batch]
+                for name, embedding in zip(chunk, self.learned(chunk), strict=True):
+                    self._cache[(templates, name)] = embedding.float()
+                report(start + len(chunk), len(missing))
+            return
         names_per_batch = max(1, self.prompts_per_batch // len(templates))
         for start in range(0, len(missing), names_per_batch):
             chunk = missing[start : start + names_per_batch]

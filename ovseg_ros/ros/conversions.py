@@ -430,6 +430,7 @@ def segmentation_to_msg(segmentation: Segmentation, header: Header) -> Segmentat
     """Segmentation -> SegmentationResult with the source image's header."""
     result = SegmentationResult(header=header, has_depth=segmentation.has_depth)
     result.vocabulary_version = segmentation.vocabulary_version
+    result.rejected_pixels = segmentation.rejected_pixels
     result.class_names = list(segmentation.class_names)
     result.labels = array_to_image(segmentation.labels, "mono16", header)
     result.segments = [_segment_to_msg(segment, header) for segment in segmentation.segments]

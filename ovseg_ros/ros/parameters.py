@@ -9,17 +9,21 @@ from dataclasses import dataclass, fields
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from ovseg_ros.cameras import CAMERA_FORMAT, parse_camera
 from ovseg_ros.engine.options import (
     CLASSIFIERS,
+    DEFAULT_PROCESSING_SIZE,
     DEFAULT_PROPOSAL_GENERATOR,
     DEFAULT_PROPOSAL_MODEL,
     DEVICES,
+    PAPER_SETTINGS,
     PRECISIONS,
 )
 from ovseg_ros.engine.proposals import proposal_generator_names
 from ovseg_ros.engine.proposals.sam import is_proposal_model
+from ovseg_ros.engine.resize import ProcessingSize
 from ovseg_ros.engine.segmenter import SegmenterConfig
 
 
@@ -27,6 +31,7 @@ from ovseg_ros.engine.segmenter import SegmenterConfig
 class SegmenterParameters:
     """Values of the segmenter node's parameters (units in the names; 0 disables a limit)."""
 
+    paper_setting: str
     vocabulary: list[str]
     prompt_templates: list[str]
     model: str
@@ -40,12 +45,13 @@ class SegmenterParameters:
     proposal_checkpoint: str
     proposal_model: str
     max_proposals: int
-    max_image_side: int
+    processing_size: str
     max_input_pixels: int
     classifier: str
     ensemble_weight: float
     mask_threshold: float
     unlabeled_threshold: float
+    rejection: float
     min_segment_area: int
     min_proposal_area: int
     max_rate_hz: float
@@ -64,6 +70,7 @@ class SegmenterParameters:
 
 
 DEFAULTS = SegmenterParameters(
+    paper_setting="",
     vocabulary=["person", "chair", "table", "floor", "wall", "door"],
     prompt_templates=["vild14"],
     model="ViT-B-16",
@@ -77,12 +84,13 @@ DEFAULTS = SegmenterParameters(
     proposal_checkpoint="",
     proposal_model=DEFAULT_PROPOSAL_MODEL,
     max_proposals=100,
-    max_image_side=SegmenterConfig.max_image_side,
+    processing_size=DEFAULT_PROCESSING_SIZE,
     max_input_pixels=4096 * 4096,
     classifier=SegmenterConfig.classifier,
     ensemble_weight=SegmenterConfig.ensemble_weight,
     mask_threshold=SegmenterConfig.mask_threshold,
     unlabeled_threshold=SegmenterConfig.unlabeled_threshold,
+    rejection=SegmenterConfig.rejection,
     min_segment_area=SegmenterConfig.min_segment_area,
     min_proposal_area=SegmenterConfig.min_proposal_area,
     max_rate_hz=0.0,
@@ -106,6 +114,7 @@ DYNAMIC = {
     "prompt_templates",
     "mask_threshold",
     "unlabeled_threshold",
+    "rejection",
     "ensemble_weight",
     "classifier",
     "min_segment_area",
@@ -113,7 +122,7 @@ DYNAMIC = {
     "max_rate_hz",
     "max_age_s",
     "input_timeout_s",
-    "max_image_side",
+    "processing_size",
     "max_input_pixels",
     "overlay_alpha",
     "depth_tolerance_s",
@@ -127,14 +136,24 @@ def _unit_range() -> list[FloatingPointRange]:
 
 
 DESCRIPTIONS: dict[str, tuple[str, dict]] = {
+    "paper_setting": (
+        "Run as the reference implementation's config of this name runs its checkpoint (given "
+        "as proposal_checkpoint): " + " | ".join(PAPER_SETTINGS) + ". It sets "
+        "proposal_generator (maskformer) and precision (fp32), and those of classifier, "
+        "min_proposal_area, unlabeled_threshold, rejection, mask_threshold, ensemble_weight, "
+        "processing_size and prompt_templates that hold the project's defaults. Empty: the "
+        "project's own settings.",
+        {},
+    ),
     "vocabulary": (
         "Class names to segment, e.g. ['person', 'chair']. 'sofa|couch' gives one class several "
         "names. Validated on change; a rejected change leaves the old vocabulary in force.",
         {},
     ),
     "prompt_templates": (
-        "Prompt templates for the text embeddings: set names ('single', 'imagenet80', 'vild14') "
-        "and/or templates containing '{}', e.g. ['a photo of a {}.'].",
+        "Prompt templates for the text embeddings: set names ('single', 'sculpture', "
+        "'imagenet80', 'vild14') and/or templates containing '{}', e.g. ['a photo of a {}.']; "
+        "or ['learned']: the learned prompt vectors of a zsseg proposal_checkpoint.",
         {},
     ),
     "model": ("open_clip model name, e.g. ViT-B-16, or ovseg-tiny-clip.", {}),
@@ -188,10 +207,12 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
         "Most mask proposals classified per frame.",
         {"integer_range": [IntegerRange(from_value=1, to_value=1000, step=1)]},
     ),
-    "max_image_side": (
-        "Processing size: frames whose long side is larger are downscaled to it for both "
-        "stages; labels, masks and overlay come back at the input's resolution. 0 = native.",
-        {"integer_range": [IntegerRange(from_value=0, to_value=1 << 16, step=1)]},
+    "processing_size": (
+        "The size both stages see: N or long:N, frames whose long side is larger are "
+        "downscaled to N; short:N or short:N:M, the short side scaled to N (up or down), the "
+        "long side then at most M (short:512:2048: the reference's test-time resize); 0 or "
+        "native, as they come. Labels, masks and overlay come back at the input's resolution.",
+        {},
     ),
     "max_input_pixels": (
         "Frames with more pixels (width x height, read before decoding: a compressed frame's "
@@ -206,6 +227,12 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
     ),
     "unlabeled_threshold": (
         "Pixels whose best class score is below this are published as unlabeled (65535).",
+        {"floating_point_range": _unit_range()},
+    ),
+    "rejection": (
+        "Open-set rejection strength: pixels whose probability of showing one of the "
+        "vocabulary's classes is below this become unlabeled (65535, 'unknown'); each result "
+        "counts them (rejected_pixels). 0 = off: every covered pixel gets its best class.",
         {"floating_point_range": _unit_range()},
     ),
     "min_segment_area": (
@@ -275,6 +302,7 @@ DESCRIPTIONS: dict[str, tuple[str, dict]] = {
 }
 
 CHOICES = {
+    "paper_setting": ("", *PAPER_SETTINGS),
     "classifier": CLASSIFIERS,
     "proposal_generator": tuple(proposal_generator_names()),
     "device": DEVICES,
@@ -340,6 +368,13 @@ def check_value(name: str, value: object) -> object:
             except ValueError as exc:
                 raise ValueError(f"parameter cameras: {exc}") from exc
         return items
+    if name == "processing_size":  # text; an integer is what `processing_size:=640` gives
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError(f"parameter {name} must be a string, {example}; got {value!r}")
+        try:
+            return str(ProcessingSize.parse(value))
+        except ValueError as exc:
+            raise ValueError(f"parameter {name}: {exc}") from exc
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"parameter {name} must be true or false, got {value!r}")
@@ -366,25 +401,57 @@ def check_value(name: str, value: object) -> object:
     return value
 
 
+def paper_values(name: str) -> dict[str, object]:
+    """The node parameters a paper setting (engine/paper.py) fixes, with its values; {} for
+    ""."""
+    if not name:
+        return {}
+    from ovseg_ros.engine.paper import paper_setting
+
+    return paper_setting(name).settings()
+
+
+def paper_build_settings(p: SegmenterParameters) -> dict[str, object]:
+    """build_segmenter's class-head prompts and seen classes for p.paper_setting ({} without
+    one). Raises ValueError when it lacks the reference checkpoint."""
+    if not p.paper_setting:
+        return {}
+    from ovseg_ros.engine.paper import paper_setting
+
+    if not p.proposal_checkpoint:
+        raise ValueError(
+            f"paper_setting {p.paper_setting} runs the reference's own checkpoint: set "
+            "proposal_checkpoint to its model_final.pth"
+        )
+    setting = paper_setting(p.paper_setting)
+    return {"head_prompts": setting.head_prompts, "trained_classes": setting.trained_classes}
+
+
 def declare_parameters(node: Node) -> SegmenterParameters:
     """Declares every parameter on `node` with its descriptor and returns the values in force.
 
     Parameters are dynamically typed for rclpy so that a value of the wrong type reaches
     check_value, whose reason names the parameter and gives an example (rclpy's own says only
-    "Wrong parameter type"). Raises ValueError for a value check_value refuses.
+    "Wrong parameter type"). With a paper_setting, its read-only settings are declared with
+    its values (whatever was given), and its run-time ones that are left at their defaults are
+    set to its values (so `ros2 param get` shows what is in force). Raises ValueError for a
+    value check_value refuses.
     """
+    values: dict[str, object] = {}
+    preset: dict[str, object] = {}
     for field in fields(SegmenterParameters):
-        description, ranges = DESCRIPTIONS[field.name]
+        name = field.name
+        description, ranges = DESCRIPTIONS[name]
         descriptor = ParameterDescriptor(
-            description=description,
-            read_only=field.name not in DYNAMIC,
-            dynamic_typing=True,
-            **ranges,
+            description=description, read_only=name not in DYNAMIC, dynamic_typing=True, **ranges
         )
-        node.declare_parameter(field.name, getattr(DEFAULTS, field.name), descriptor)
-    return SegmenterParameters(
-        **{
-            f.name: check_value(f.name, node.get_parameter(f.name).value)
-            for f in fields(SegmenterParameters)
-        }
-    )
+        fixed = name in preset and name not in DYNAMIC
+        default = preset[name] if fixed else getattr(DEFAULTS, name)
+        node.declare_parameter(name, default, descriptor, ignore_override=fixed)
+        values[name] = check_value(name, node.get_parameter(name).value)
+        if name == "paper_setting":
+            preset = paper_values(values[name])
+        elif name in preset and not fixed and values[name] == getattr(DEFAULTS, name):
+            node.set_parameters([Parameter(name, value=preset[name])])
+            values[name] = check_value(name, preset[name])
+    return SegmenterParameters(**values)

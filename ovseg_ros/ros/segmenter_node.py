@@ -43,7 +43,7 @@ from std_msgs.msg import Header
 
 from ovseg_ros.cameras import CameraTopics, parse_cameras
 from ovseg_ros.engine.geometry import add_segment_geometry, labelled_points
-from ovseg_ros.engine.prompts import resolve_templates
+from ovseg_ros.engine.paper import check_checkpoint, paper_setting
 from ovseg_ros.engine.proposals import Proposals
 from ovseg_ros.engine.render import class_colors, render_overlay
 from ovseg_ros.engine.segmentation import Segmentation
@@ -66,6 +66,8 @@ from ovseg_ros.ros.parameters import (
     SegmenterParameters,
     check_value,
     declare_parameters,
+    paper_build_settings,
+    paper_values,
 )
 from ovseg_ros.ros.runner import exit_now, run_node
 
@@ -104,12 +106,13 @@ class VocabularyRequest:
 
     @classmethod
     def from_parameters(
-        cls, vocabulary: list[str], prompt_templates: list[str], max_classes: int
+        cls, vocabulary: list[str], prompt_templates: list[str], encoder: VocabularyEncoder
     ) -> VocabularyRequest:
-        """Raises ValueError for an invalid vocabulary or template (the reason says which)."""
+        """Raises ValueError for an invalid vocabulary or template, or learned prompts the
+        encoder does not have (the reason says which)."""
         return cls(
-            validate_class_names(vocabulary, max_classes),
-            resolve_templates(prompt_templates),
+            validate_class_names(vocabulary, encoder.max_classes),
+            encoder.resolve_templates(prompt_templates),
             {"vocabulary": list(vocabulary), "prompt_templates": list(prompt_templates)},
         )
 
@@ -160,6 +163,11 @@ class SegmenterNode(Node):
         p = self.params
 
         start = time.monotonic()
+        paper = paper_build_settings(p)
+        if paper:
+            fixed = paper_values(p.paper_setting)
+            in_force = ", ".join(f"{name} {getattr(p, name)}" for name in fixed)
+            self.get_logger().info(f"paper setting {p.paper_setting}: {in_force}")
         self.segmenter = build_segmenter(
             model=p.model,
             pretrained=p.pretrained or None,
@@ -171,10 +179,15 @@ class SegmenterNode(Node):
             max_proposals=p.max_proposals,
             proposal_checkpoint=p.proposal_checkpoint or None,
             proposal_model=p.proposal_model or None,
+            **paper,
         )
+        if paper:
+            check_checkpoint(paper_setting(p.paper_setting), self.segmenter)
         self._apply_segmenter_settings(p)
-        self.encoder = VocabularyEncoder(self.segmenter.clip, max_classes=p.max_classes)
-        request = VocabularyRequest.from_parameters(p.vocabulary, p.prompt_templates, p.max_classes)
+        self.encoder = VocabularyEncoder(
+            self.segmenter.clip, max_classes=p.max_classes, learned=self.segmenter.learned_text
+        )
+        request = VocabularyRequest.from_parameters(p.vocabulary, p.prompt_templates, self.encoder)
         self.vocabulary: EncodedVocabulary = self.encoder.encode(
             request.names, request.templates, self._progress_logger(request)
         )
@@ -544,11 +557,12 @@ class SegmenterNode(Node):
         config = self.segmenter.config
         config.mask_threshold = p.mask_threshold
         config.unlabeled_threshold = p.unlabeled_threshold
+        config.rejection = p.rejection
         config.min_segment_area = p.min_segment_area
         config.min_proposal_area = p.min_proposal_area
         config.ensemble_weight = p.ensemble_weight
         config.classifier = p.classifier
-        config.max_image_side = p.max_image_side
+        config.processing_size = p.processing_size
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Validates a change (all parameters of one request together); a vocabulary or template
@@ -563,7 +577,7 @@ class SegmenterNode(Node):
                 request = VocabularyRequest.from_parameters(
                     changes.get("vocabulary", self.params.vocabulary),
                     changes.get("prompt_templates", self.params.prompt_templates),
-                    self.params.max_classes,
+                    self.encoder,
                 )
             except ValueError as exc:
                 self.get_logger().warning(f"rejected parameter change: {exc}")
@@ -582,6 +596,7 @@ class SegmenterNode(Node):
             vocabulary = self.encoder.encode(
                 request.names, request.templates, self._progress_logger(request)
             )
+            self.segmenter.prepare_vocabulary(vocabulary)
         except NodeStoppedError:
             return
         except Exception as exc:  # noqa: BLE001 - the old vocabulary stays in force

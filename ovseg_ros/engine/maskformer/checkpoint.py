@@ -8,9 +8,10 @@ Two formats:
   PyTorch file with the state dict under "model". Its keys are renamed with REFERENCE_KEY_MAP,
   derived from the reference's module names (ZeroShotMaskFormer: `backbone`, `sem_seg_head.
   pixel_decoder`, `sem_seg_head.predictor` with its DETR `transformer.decoder`, and the CLIP
-  adapter's `non_object_embedding` and `prompt_learner`). The frozen CLIP copy, pixel statistics
-  and loss buffers in such a file are dropped (REFERENCE_DROPPED_PREFIXES); the architecture is
-  read off the tensor shapes (infer_reference_config).
+  adapter's `non_object_embedding` and `prompt_learner`, and the learned prompts of a separate
+  stage-2 adapter, `_region_clip_adapter.prompt_learner`). The frozen CLIP copies, pixel
+  statistics and loss buffers in such a file are dropped (REFERENCE_DROPPED_PREFIXES); the
+  architecture is read off the tensor shapes (infer_reference_config).
 
 Files are read without unpickling code (safetensors, or torch.load(weights_only=True)) by
 clip_model.read_state_dict, which also refuses NaN and Inf. Any file that does not fit the
@@ -47,6 +48,7 @@ REFERENCE_KEY_MAP = (
     ("sem_seg_head.", "pixel_decoder."),
     ("clip_adapter.non_object_embedding", "non_object_embedding"),
     ("clip_adapter.prompt_learner.", "prompt_learner."),
+    ("_region_clip_adapter.prompt_learner.", "region_prompt_learner."),
     ("backbone.", "backbone."),
 )
 """(reference prefix, project prefix), first match wins. `sem_seg_head.` alone is the layout of
@@ -54,7 +56,9 @@ checkpoints older than the head's version 2, whose pixel decoder sat directly in
 
 REFERENCE_DROPPED_PREFIXES = (
     "clip_adapter.clip_model.",
-    "_region_clip_adapter.",
+    "_region_clip_adapter.clip_model.",
+    "_region_clip_adapter.non_object_embedding",
+    "_region_clip_adapter.pixel_",
     "region_clip_adapter.",
     "clip_adapter.pixel_mean",
     "clip_adapter.pixel_std",
@@ -63,9 +67,12 @@ REFERENCE_DROPPED_PREFIXES = (
     "pixel_std",
 )
 """Reference tensors that are not part of the proposal network: the frozen CLIP (loaded on its own
-by clip_model.load_clip), the stage-2 adapter, normalisation constants and loss buffers."""
+by clip_model.load_clip), the stage-2 adapter but for its learned prompts (its non-object
+embedding is unused: the reference drops that column before its softmax), normalisation constants
+and loss buffers."""
 
 PROMPT_PREFIX = "prompt_learner."
+REGION_PROMPT_PREFIX = "region_prompt_learner."
 
 
 @dataclass
@@ -91,7 +98,10 @@ class LoadedMaskFormer:
 
     trained_classes: class names its class head was trained on (seen classes), or None when the
     file does not say (reference checkpoints). image_size: (height, width) it was trained at, or
-    None. prompts: learned prompt vectors, or None. dropped: reference keys left out.
+    None. prompts: learned prompt vectors of the class head (and of stage 2 when it shares the
+    head's adapter), or None. region_prompts: those of a separate stage-2 adapter (the
+    reference's SEPERATE_ADAPTER configs, e.g. VOC 15/5), or None. dropped: reference keys left
+    out.
     """
 
     model: MaskFormer
@@ -99,7 +109,14 @@ class LoadedMaskFormer:
     trained_classes: list[str] | None = None
     image_size: tuple[int, int] | None = None
     prompts: LearnedPrompts | None = None
+    region_prompts: LearnedPrompts | None = None
     dropped: list[str] = field(default_factory=list)
+
+    @property
+    def stage_two_prompts(self) -> LearnedPrompts | None:
+        """The prompt vectors the reference's stage 2 uses: the separate adapter's, else the
+        head's."""
+        return self.region_prompts or self.prompts
 
 
 def map_reference_keys(
@@ -107,7 +124,8 @@ def map_reference_keys(
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Renames a reference state dict to the project's names.
 
-    Returns (renamed, dropped): renamed holds the network's tensors and `prompt_learner.*`;
+    Returns (renamed, dropped): renamed holds the network's tensors, `prompt_learner.*` and
+    `region_prompt_learner.*`;
     dropped lists the keys left out on purpose. Keys that match no rule are kept unchanged, so
     that the shape check reports them as unexpected.
     """
@@ -209,10 +227,13 @@ def infer_reference_config(state: dict[str, torch.Tensor], heads: int = 8) -> Ma
     )
 
 
-def split_prompts(state: dict[str, torch.Tensor]) -> LearnedPrompts | None:
-    """Removes `prompt_learner.*` entries from `state` and returns them, or None if absent."""
-    keys = [k for k in state if k.startswith(PROMPT_PREFIX)]
-    entries = {k[len(PROMPT_PREFIX) :]: state.pop(k) for k in keys}
+def split_prompts(
+    state: dict[str, torch.Tensor], prefix: str = PROMPT_PREFIX
+) -> LearnedPrompts | None:
+    """Removes the `prefix*` entries (learned prompt vectors) from `state` and returns them, or
+    None if absent."""
+    keys = [k for k in state if k.startswith(prefix)]
+    entries = {k[len(prefix) :]: state.pop(k) for k in keys}
     if "prefix_prompt" not in entries and "suffix_prompt" not in entries:
         return None
     return LearnedPrompts(
@@ -243,11 +264,16 @@ def load_reference_checkpoint(
     raw = read_state_dict(path)
     state, dropped = map_reference_keys(raw)
     prompts = split_prompts(state)
+    region_prompts = split_prompts(state, REGION_PROMPT_PREFIX)
     config = config or infer_reference_config(state)
     model = MaskFormer(config)
     _load_into(model, state, str(path))
     return LoadedMaskFormer(
-        model=model.eval(), source=str(path), prompts=prompts, dropped=sorted(dropped)
+        model=model.eval(),
+        source=str(path),
+        prompts=prompts,
+        region_prompts=region_prompts,
+        dropped=sorted(dropped),
     )
 
 

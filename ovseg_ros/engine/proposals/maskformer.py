@@ -7,13 +7,13 @@ class probabilities: softmax over the vocabulary's classes plus non-object, non-
 (from the checkpoint, or given), so stage 2 can apply the seen/unseen form of the ensemble;
 when unknown (e.g. a reference checkpoint), it is None and the unseen form applies to all.
 
-The reference's ensemble weight (lambda, SegmenterConfig.ensemble_weight) and mask threshold
-(SegmenterConfig.mask_threshold) per evaluation set are in REFERENCE_SETTINGS.
+The reference's settings per configuration (ensemble weight, mask threshold, prompts of the
+class head and of stage 2, test resize) are in engine/paper.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -22,27 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from ovseg_ros.engine.clip_model import ClipModel, bundled_model_file, resolve_device
-from ovseg_ros.engine.maskformer.checkpoint import load_maskformer
+from ovseg_ros.engine.maskformer.checkpoint import LearnedPrompts, load_maskformer
 from ovseg_ros.engine.maskformer.learned_prompts import encode_with_learned_prompts
+from ovseg_ros.engine.prompts import LEARNED, resolve_templates
 from ovseg_ros.engine.proposals.base import (
     ProposalGenerator,
     Proposals,
     register_proposal_generator,
 )
-from ovseg_ros.engine.vocabulary import EncodedVocabulary
-
-REFERENCE_SETTINGS: dict[str, tuple[float, float]] = {
-    "coco-stuff-156/15": (0.8, 0.5),
-    "voc-15/5": (0.7, 0.5),
-    "ade20k-150": (0.5, 0.4),
-    "ade20k-847": (0.7, 0.3),
-    "pascal-context-59": (0.4, 0.5),
-    "pascal-voc-20": (0.4, 0.5),
-    "cityscapes-19": (0.4, 0.3),
-}
-"""(ensemble weight lambda, mask threshold) of the reference's configs (zsseg.baseline): the
-zero-shot COCO-Stuff 156/15 and VOC 15/5 settings (network trained on the seen classes), and the
-cross-dataset settings of the network trained on COCO-Stuff-156."""
+from ovseg_ros.engine.vocabulary import EncodedVocabulary, VocabularyEncoder
 
 TOY_MASKFORMER = "ovseg-toy-maskformer.safetensors"
 """The committed proposal network trained on the toy world's seen shapes."""
@@ -62,9 +50,12 @@ class MaskFormerProposalGenerator(ProposalGenerator):
     likely non-object when a vocabulary is given). device: "auto", "cuda" or "cpu".
     trained_classes: names the network was trained on, overriding the checkpoint's record (use
     it for reference checkpoints, which do not record them).
-    clip: the CLIP model of stage 2; when given and the checkpoint holds learned prompt vectors,
-    the class head scores against text embeddings made with those prompts (as the reference),
-    else against the vocabulary's own text embeddings.
+    clip: the CLIP model of stage 2. head_prompts: the text the class head scores against:
+    None (with clip given, the checkpoint's learned prompt vectors when it has some, as the
+    reference's learnable-prompt configs; else the vocabulary's own text embeddings), LEARNED
+    (the learned prompt vectors, which the checkpoint must have), or template sets / templates
+    (prompts.resolve_templates; the reference's predefined-prompt adapters), the last two with
+    clip given.
     Images are resized to the network's training size when the checkpoint records one.
     """
 
@@ -75,32 +66,65 @@ class MaskFormerProposalGenerator(ProposalGenerator):
         device: str = "auto",
         trained_classes: Sequence[str] | None = None,
         clip: ClipModel | None = None,
+        head_prompts: str | Sequence[str] | None = None,
     ) -> None:
         if max_proposals < 1:
             raise ValueError(f"max_proposals must be >= 1, got {max_proposals}")
+        if head_prompts is not None and clip is None:
+            raise ValueError("head_prompts need the CLIP model (clip)")
         self.device = resolve_device(device)
         self.loaded = load_maskformer(checkpoint or default_maskformer_checkpoint(), self.device)
         self.model = self.loaded.model
         self.max_proposals = max_proposals
         names = trained_classes if trained_classes is not None else self.loaded.trained_classes
         self.trained_names = None if names is None else {n.strip().lower() for n in names}
-        self.clip = clip if self.loaded.prompts is not None else None
-        self._prompted: tuple[int, torch.Tensor] | None = None
+        self.clip = clip
+        self.head_encoder: VocabularyEncoder | None = None
+        self._head: tuple[tuple[tuple[str, ...], ...], torch.Tensor] | None = None
+        if clip is not None and (head_prompts is not None or self.loaded.prompts is not None):
+            self.head_templates = resolve_templates(
+                LEARNED if head_prompts is None else head_prompts
+            )
+            if self.head_templates == (LEARNED,) and self.loaded.prompts is None:
+                raise ValueError(
+                    f"{self.loaded.source} holds no learned prompt vectors for the class head; "
+                    "name prompt templates for it instead"
+                )
+            self.head_encoder = VocabularyEncoder(
+                clip, max_classes=10**6, learned=self.learned_text(self.loaded.prompts)
+            )
+
+    def learned_text(
+        self, prompts: LearnedPrompts | None
+    ) -> Callable[[list[str]], torch.Tensor] | None:
+        """names -> (len(names), D) unit-norm embeddings through `prompts` with the CLIP model,
+        or None without prompts or CLIP model."""
+        if prompts is None or self.clip is None:
+            return None
+        clip = self.clip
+        return lambda names: encode_with_learned_prompts(clip, prompts, names)
+
+    @property
+    def stage_two_text(self) -> Callable[[list[str]], torch.Tensor] | None:
+        """The learned prompt text of the reference's stage 2 (LoadedMaskFormer.
+        stage_two_prompts) for VocabularyEncoder(learned=...), or None."""
+        return self.learned_text(self.loaded.stage_two_prompts)
 
     def text_embeddings(self, vocabulary: EncodedVocabulary) -> torch.Tensor:
-        """(C, D) unit-norm class embeddings for the class head: through the learned prompts
-        when there are some and a CLIP model was given (cached per vocabulary version), else
-        the vocabulary's own."""
-        if self.clip is None:
+        """(C, D) unit-norm class embeddings for the class head: the vocabulary's names encoded
+        with the head's prompts (head_prompts; cached per class list), or the vocabulary's own
+        when it was made with the same prompts or the head has none."""
+        if self.head_encoder is None or (
+            vocabulary.templates == self.head_templates
+            # LEARNED in stage 2 means the separate adapter's vectors when there is one
+            and not (self.head_templates == (LEARNED,) and self.loaded.region_prompts is not None)
+        ):
             return vocabulary.text_embeddings.to(self.device, torch.float32)
-        if self._prompted is None or self._prompted[0] != vocabulary.version:
-            rows = [
-                encode_with_learned_prompts(self.clip, self.loaded.prompts, list(group)).mean(0)
-                for group in vocabulary.synonyms
-            ]
-            embeddings = F.normalize(torch.stack(rows), dim=-1).to(self.device)
-            self._prompted = (vocabulary.version, embeddings)
-        return self._prompted[1]
+        if self._head is None or self._head[0] != vocabulary.synonyms:
+            names = ["|".join(group) for group in vocabulary.synonyms]
+            head = self.head_encoder.encode(names, self.head_templates)
+            self._head = (vocabulary.synonyms, head.text_embeddings.to(self.device, torch.float32))
+        return self._head[1]
 
     def trained_mask(self, vocabulary: EncodedVocabulary) -> torch.Tensor | None:
         """(C,) bool: the vocabulary classes any of whose synonyms the network was trained on."""
