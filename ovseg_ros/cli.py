@@ -14,6 +14,7 @@ other models default to open_clip's "openai" weights where those exist. --checkp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -37,13 +38,14 @@ from ovseg_ros.engine.options import (
     PAPER_SETTINGS,
     PRECISIONS,
     PROPOSAL_GENERATORS,
+    RECOMMENDED_REJECTION,
     TINY_MODEL,
     TRAINING_FREE_GENERATORS,
     check_proposal_model,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from typing import Any
 
     import cv2
@@ -782,34 +784,11 @@ def _eval_dataset(args: argparse.Namespace):
     return FolderDataset(root, image_dir=args.image_dir, label_dir=label_dir)
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    """`ovseg eval`: metrics.json and metrics.md in --out; with --proposals-only (or a folder of
-    images and instances only) stage 1 alone and its class-agnostic figures."""
-    from ovseg_ros.engine.evaluate import evaluate, evaluate_proposals, metrics_markdown
-
-    dataset = _eval_dataset(args)
-    proposals_only = args.proposals_only or not dataset.class_names
-    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
-    templates = _templates(args)
-    if not proposals_only:
-        note_unknown_to_tiny_model(args.model, dataset.class_names)
-    segmenter = _build(args)
-    progress = ProgressBar(count, f"eval {args.dataset}")
-    samples = (dataset[i] for i in range(count))
-    if proposals_only:
-        evaluation = evaluate_proposals(segmenter, samples, on_image=progress.update)
-    else:
-        vocabulary = _encoder(segmenter).encode(dataset.class_names, templates)
-        evaluation = evaluate(
-            segmenter,
-            vocabulary,
-            samples,
-            num_classes=len(dataset.class_names),
-            ignore_index=dataset.ignore_index,
-            unseen_classes=getattr(dataset, "unseen_classes", ()),
-            on_image=progress.update,
-        )
-    settings = {
+def _eval_settings(
+    args: argparse.Namespace, segmenter: TwoStageSegmenter, templates: list[str]
+) -> dict[str, object]:
+    """The settings an `ovseg eval` report records."""
+    settings: dict[str, object] = {
         "dataset": args.dataset,
         "model": f"{segmenter.clip.name} ({segmenter.clip.source})",
         "device": str(segmenter.clip.device),
@@ -829,6 +808,103 @@ def run_eval(args: argparse.Namespace) -> int:
         settings["protocol"] = args.protocol
     if args.paper:
         settings["paper"] = args.paper
+    return settings
+
+
+def _without_nan(value: Any) -> Any:
+    """value (dicts, lists and numbers) with every NaN float replaced by None (strict JSON)."""
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nan(item) for item in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+class _FirstSamples:
+    """The first `count` samples of a dataset, read lazily, iterable more than once."""
+
+    def __init__(self, dataset: Any, count: int) -> None:
+        self.dataset, self.count = dataset, count
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self.dataset[i] for i in range(self.count))
+
+
+def run_open_set_eval(args: argparse.Namespace) -> int:
+    """`ovseg eval --open-set`: hidden-class subsets, the operating points of the rejection
+    strength, AUROC (open_set.py); open_set.json and open_set.md in --out."""
+    from ovseg_ros.engine.open_set import (
+        evaluate_open_set,
+        hidden_subsets,
+        operating_points_markdown,
+    )
+
+    dataset = _eval_dataset(args)
+    if not dataset.class_names:
+        raise ValueError(f"--open-set needs a dataset with class labels; {args.dataset} has none")
+    subsets = hidden_subsets(
+        dataset.class_names, count=args.hidden_subsets, size=args.hide, seed=args.hidden_seed
+    )
+    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    templates = _templates(args)
+    note_unknown_to_tiny_model(args.model, dataset.class_names)
+    segmenter = _build(args)
+    encoder = _encoder(segmenter)
+    progress = ProgressBar(count * len(subsets), f"eval {args.dataset} --open-set")
+    evaluation = evaluate_open_set(
+        segmenter,
+        lambda names: encoder.encode(names, templates),
+        _FirstSamples(dataset, count),
+        dataset.class_names,
+        dataset.ignore_index,
+        subsets,
+        on_image=progress.update,
+    )
+    settings = _eval_settings(args, segmenter, templates)
+    settings.pop("rejection")  # every strength is swept
+    table = operating_points_markdown(evaluation, recommended=RECOMMENDED_REJECTION)
+    report = {"settings": settings, "open_set": _without_nan(dataclasses.asdict(evaluation))}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "open_set.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    lines = [f"# ovseg eval {args.dataset} --open-set", ""]
+    lines += [f"- {key}: {value}" for key, value in settings.items()]
+    (out / "open_set.md").write_text("\n".join([*lines, "", table, ""]))
+    print(table)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """`ovseg eval`: metrics.json and metrics.md in --out; with --proposals-only (or a folder of
+    images and instances only) stage 1 alone and its class-agnostic figures; with --open-set
+    the open-set figures (run_open_set_eval)."""
+    from ovseg_ros.engine.evaluate import evaluate, evaluate_proposals, metrics_markdown
+
+    if args.open_set:
+        return run_open_set_eval(args)
+    dataset = _eval_dataset(args)
+    proposals_only = args.proposals_only or not dataset.class_names
+    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    templates = _templates(args)
+    if not proposals_only:
+        note_unknown_to_tiny_model(args.model, dataset.class_names)
+    segmenter = _build(args)
+    progress = ProgressBar(count, f"eval {args.dataset}")
+    samples = iter(_FirstSamples(dataset, count))
+    if proposals_only:
+        evaluation = evaluate_proposals(segmenter, samples, on_image=progress.update)
+    else:
+        vocabulary = _encoder(segmenter).encode(dataset.class_names, templates)
+        evaluation = evaluate(
+            segmenter,
+            vocabulary,
+            samples,
+            num_classes=len(dataset.class_names),
+            ignore_index=dataset.ignore_index,
+            unseen_classes=getattr(dataset, "unseen_classes", ()),
+            on_image=progress.update,
+        )
+    settings = _eval_settings(args, segmenter, templates)
     if proposals_only:
         settings["stage"] = "proposals only (stage 1)"
     report = {
@@ -980,6 +1056,22 @@ def build_parser(defaults: dict[str, object] | None = None) -> argparse.Argument
         choices=DATASET_PROTOCOLS,
         help="read the folder as the reference prepares that dataset: its class list, folders, "
         "seen/unseen split and test resize (the processing size unless given)",
+    )
+    evaluation.add_argument(
+        "--open-set",
+        action="store_true",
+        help="open-set evaluation: hide random subsets of the classes from the vocabulary and "
+        "report, per rejection strength, the hidden pixels labelled unknown, the known pixels "
+        "kept, in-vocabulary mIoU, and the AUROC of known vs hidden pixels",
+    )
+    evaluation.add_argument(
+        "--hidden-subsets", type=_positive, default=3, help="--open-set: subsets (%(default)s)"
+    )
+    evaluation.add_argument(
+        "--hide", type=_positive, default=2, help="--open-set: classes per subset (%(default)s)"
+    )
+    evaluation.add_argument(
+        "--hidden-seed", type=_count, default=0, help="--open-set: subsets' seed (%(default)s)"
     )
     evaluation.add_argument("--limit", type=_positive, help="evaluate the first N images only")
     evaluation.add_argument("--image-dir", default="images", help="folder dataset: images")

@@ -71,4 +71,8 @@ DATASET_PROTOCOLS = (
 """Names of dataset_protocols.DATASET_PROTOCOLS (the reference's evaluation datasets)."""
 DEFAULT_ENSEMBLE_WEIGHT = 0.8
 DEFAULT_REJECTION = 0.0
-"""SegmenterConfig.rejection: open-set rejection strength (0 = off)."""
+"""SegmenterConfig.rejection: open-set rejection strength (0 = off). Off by default: its
+calibration is fitted for the bundled tiny CLIP only (rejection.py), not for real CLIP weights."""
+RECOMMENDED_REJECTION = 0.5
+"""The strength the open-set evaluation recommends (the calibrated equal-odds point; README,
+"Open-set rejection")."""

@@ -39,7 +39,11 @@ from ovseg_ros.engine.proposals import (
     Proposals,
     build_proposal_generator,
 )
-from ovseg_ros.engine.rejection import calibration_for, known_probabilities
+from ovseg_ros.engine.rejection import (
+    RejectionCalibration,
+    known_probabilities,
+    rejection_calibration,
+)
 from ovseg_ros.engine.resize import ProcessingSize
 from ovseg_ros.engine.segmentation import UNLABELED, Segmentation, extract_segments
 from ovseg_ros.engine.vocabulary import EncodedVocabulary
@@ -351,7 +355,16 @@ class TwoStageSegmenter:
         self.config = config or SegmenterConfig()
         self.classifier = CropClassifier(clip)
         self.dense = DenseFeatureExtractor(clip)
-        self.rejection_calibration = calibration_for(clip.name)
+        self._rejection_calibration: RejectionCalibration | None = None
+
+    @property
+    def rejection_calibration(self) -> RejectionCalibration:
+        """The open-set rejection's calibration for this CLIP, with its reference bank encoded
+        on first use (rejection.rejection_calibration: one text-tower run of 224 sentences), so
+        a segmenter that never rejects never pays it."""
+        if self._rejection_calibration is None:
+            self._rejection_calibration = rejection_calibration(self.clip)
+        return self._rejection_calibration
 
     @property
     def learned_text(self) -> Callable[[list[str]], torch.Tensor] | None:
