@@ -157,7 +157,9 @@ def test_one_camera_of_two_stops_and_returns_while_the_other_keeps_going(ros_con
         assert "[ovseg_segmenter.front]: no frame for" in log
         assert _stopped(log, "/rear/image") == []
 
-        assert cameras.time_to_answer("front") < 1.0
+        # Answered at once: a frame takes up to about 1 s on 2 loaded cores; a camera left
+        # waiting for a fresh subscription or another timeout would take several seconds.
+        assert cameras.time_to_answer("front") < 2 * TIMEOUT_S
         cameras.stream(["front", "rear"], 1.0)
         log = capfd.readouterr().err
         (gap,) = _back(log, "/front/image")
