@@ -322,7 +322,7 @@ def _build(args: argparse.Namespace) -> TwoStageSegmenter:
                 f"--paper {args.paper} runs the reference's own checkpoint: give its "
                 "model_final.pth as --proposal-checkpoint (with the maskformer proposals)"
             )
-        paper = {"head_prompts": setting.head_prompts, "trained_classes": setting.trained_classes}
+        paper = setting.segmenter_arguments()
     segmenter = build_segmenter(
         args.model,
         pretrained=pretrained,

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rosbags.interfaces import (
     Connection,
@@ -39,6 +40,9 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; annotations are not evaluated
+
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 """The message types a recording's camera topics can have."""
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
@@ -50,6 +54,24 @@ PROJECT_MESSAGES = ("Segment", "SegmentationResult", "Vocabulary")
 BAG_VERSION = 8
 """rosbag2 metadata version written: the older of the two rosbags writes, for older readers (9
 differs only in how QoS profiles are kept)."""
+
+
+class _ClosedOnExit:
+    """A `with` block closes the object (close()) on leaving, whatever ends it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class RecordingError(ValueError):
@@ -88,7 +110,7 @@ class Frame:
     data: bytes
 
 
-class Recording:
+class Recording(_ClosedOnExit):
     """An open recording (see open_recording); close() it, or use it as a context manager.
     Read it from one thread, one frames() iteration at a time (each call starts a new one)."""
 
@@ -227,17 +249,6 @@ class Recording:
     def close(self) -> None:
         self._reader.close()
 
-    def __enter__(self) -> Recording:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 def open_recording(path: str | Path) -> Recording:
     """The recording at `path`, opened for reading (its index and topics, no messages yet).
@@ -301,7 +312,7 @@ LATCHED = Qos(
 republishes it transient-local, so a late subscriber still gets it."""
 
 
-class RecordingWriter:
+class RecordingWriter(_ClosedOnExit):
     """A new recording: a bag folder at `path` (which must not exist) in `storage` ("mcap" or
     "sqlite3"). close() it (or use it as a context manager) to finish a valid bag: on an error
     too, so that what was written stays readable."""
@@ -335,14 +346,3 @@ class RecordingWriter:
     def close(self) -> None:
         """Writes the index and metadata.yaml."""
         self._writer.close()
-
-    def __enter__(self) -> RecordingWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -275,3 +275,17 @@ def test_the_head_reuses_stage_twos_embeddings_and_caches_by_names(tmp_path):
     assert first.version == other.version == 1
     assert segmenter.proposals.text_embeddings(first).shape[0] == 3
     assert segmenter.proposals.text_embeddings(other).shape[0] == 2
+
+
+def test_prepare_vocabulary_encodes_the_heads_text_before_the_first_frame(tmp_path):
+    path = tmp_path / "model_final.pth"
+    write_reference_checkpoint(path, region_prompts=False)
+    segmenter = build(path, head_prompts="sculpture")
+    vocabulary = VocabularyEncoder(segmenter.clip).encode(NAMES, "single")
+    encoded = []
+    encode = segmenter.proposals.head_encoder.encode
+    segmenter.proposals.head_encoder.encode = lambda *a: encoded.append(a) or encode(*a)
+    segmenter.prepare_vocabulary(vocabulary)
+    assert len(encoded) == 1  # the class head's "sculpture" text, now
+    segmenter.proposals.text_embeddings(vocabulary)
+    assert len(encoded) == 1  # the frame finds it ready

@@ -67,6 +67,11 @@ class PaperSetting:
         unseen = set(protocol.unseen_classes)
         return [name for name in protocol.class_names if name not in unseen]
 
+    def segmenter_arguments(self) -> dict[str, object]:
+        """build_segmenter's keyword arguments for the setting: the class head's prompts and the
+        seen classes."""
+        return {"head_prompts": self.head_prompts, "trained_classes": self.trained_classes}
+
     def settings(self) -> dict[str, object]:
         """The setting's values under the CLI's / node's setting names (prompt_templates: the
         stage-2 prompts)."""

@@ -220,6 +220,14 @@ def resize_semseg_maxima(
     return out_best, out_labels, out_coverage
 
 
+def mask_weights(weights: torch.Tensor | None, masks: torch.Tensor) -> torch.Tensor:
+    """(N,) float32 aggregation weights on the masks' device: `weights`, or 1 for each of the
+    N masks when None."""
+    if weights is None:
+        return torch.ones(masks.shape[0], device=masks.device)
+    return weights.to(masks.device).float()
+
+
 def aggregate_scores(
     probabilities: torch.Tensor,
     masks: torch.Tensor,
@@ -241,11 +249,7 @@ def aggregate_scores(
     Returns labels: (H, W) int64, UNLABELED where no mask covers the pixel or the score is below
     unlabeled_threshold; scores: (H, W) float32, 0 where uncovered.
     """
-    weights = (
-        torch.ones(masks.shape[0], device=masks.device)
-        if weights is None
-        else weights.to(masks.device).float()
-    )
+    weights = mask_weights(weights, masks)
     probabilities = probabilities.to(masks.device).float()
     finite = probabilities.isfinite().all(dim=1)
     weights = torch.where(finite, weights, torch.zeros_like(weights))
@@ -278,11 +282,7 @@ def aggregate_known(
     class scores and the coverage). Masks with a non-finite known value are left out.
     Returns (H, W) float32, 1 where no mask covers the pixel.
     """
-    weights = (
-        torch.ones(masks.shape[0], device=masks.device)
-        if weights is None
-        else weights.to(masks.device).float()
-    )
+    weights = mask_weights(weights, masks)
     known = known.to(masks.device).float()
     weights = torch.where(known.isfinite(), weights, torch.zeros_like(weights))
     table = torch.stack([weights * known.nan_to_num(0.0), weights], dim=1)  # (N, 2)

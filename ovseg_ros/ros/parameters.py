@@ -21,6 +21,7 @@ from ovseg_ros.engine.options import (
     PAPER_SETTINGS,
     PRECISIONS,
 )
+from ovseg_ros.engine.paper import paper_setting
 from ovseg_ros.engine.proposals import proposal_generator_names
 from ovseg_ros.engine.proposals.sam import is_proposal_model
 from ovseg_ros.engine.resize import ProcessingSize
@@ -404,11 +405,7 @@ def check_value(name: str, value: object) -> object:
 def paper_values(name: str) -> dict[str, object]:
     """The node parameters a paper setting (engine/paper.py) fixes, with its values; {} for
     ""."""
-    if not name:
-        return {}
-    from ovseg_ros.engine.paper import paper_setting
-
-    return paper_setting(name).settings()
+    return paper_setting(name).settings() if name else {}
 
 
 def paper_build_settings(p: SegmenterParameters) -> dict[str, object]:
@@ -416,15 +413,12 @@ def paper_build_settings(p: SegmenterParameters) -> dict[str, object]:
     one). Raises ValueError when it lacks the reference checkpoint."""
     if not p.paper_setting:
         return {}
-    from ovseg_ros.engine.paper import paper_setting
-
     if not p.proposal_checkpoint:
         raise ValueError(
             f"paper_setting {p.paper_setting} runs the reference's own checkpoint: set "
             "proposal_checkpoint to its model_final.pth"
         )
-    setting = paper_setting(p.paper_setting)
-    return {"head_prompts": setting.head_prompts, "trained_classes": setting.trained_classes}
+    return paper_setting(p.paper_setting).segmenter_arguments()
 
 
 def declare_parameters(node: Node) -> SegmenterParameters:
